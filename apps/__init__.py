@@ -1,0 +1,1 @@
+"""Django apps of Gatehouse; each depends on gatehouse/ and on the ones below it only."""

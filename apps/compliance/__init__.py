@@ -1,0 +1,1 @@
+"""Compliance: consent, explanations, review, erasure, bias reports (the compliance issue)."""

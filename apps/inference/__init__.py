@@ -1,0 +1,1 @@
+"""Inference: predict API and forms, routing, backends, decision records (the inference issue)."""

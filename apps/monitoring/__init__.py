@@ -1,0 +1,1 @@
+"""Monitoring: live dashboard, drift, alerts, incident controls (the monitoring issue)."""

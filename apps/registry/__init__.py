@@ -1,0 +1,1 @@
+"""Model registry: families, versions, signatures, lineage, gates and approval."""

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class GatehouseConfig(AppConfig):
+    name = "gatehouse"
+    verbose_name = "Gatehouse platform"
+
+    def ready(self) -> None:
+        from auditlog.registry import auditlog
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import Group
+        from django_otp.plugins.otp_static.models import StaticDevice
+        from django_otp.plugins.otp_totp.models import TOTPDevice
+        from guardian.models import GroupObjectPermission, UserObjectPermission
+
+        from gatehouse import extensions, signals
+        from gatehouse.models import ApiKey
+        from gatehouse.roles import Role
+
+        signals.connect()
+
+        # Every record of a human decision about access is audited; secrets never enter `changes`.
+        auditlog.register(ApiKey, exclude_fields=["key_hash", "last_used_at"])
+        auditlog.register(
+            get_user_model(),
+            include_fields=["username", "is_active", "is_staff", "is_superuser", "groups"],
+            m2m_fields={"groups"},
+        )
+        auditlog.register(Group, m2m_fields={"permissions"})
+        auditlog.register(UserObjectPermission)
+        auditlog.register(GroupObjectPermission)
+        auditlog.register(TOTPDevice, include_fields=["name", "confirmed", "user"])
+        auditlog.register(StaticDevice, include_fields=["name", "confirmed", "user"])
+
+        all_roles = frozenset(Role)
+        for item in (
+            extensions.NavItem("Home", "home", all_roles, order=0),
+            extensions.NavItem(
+                "API keys", "api_keys", all_roles, order=80,
+                description="Create, list and revoke keys for the REST API.",
+            ),
+            extensions.NavItem(
+                "API docs", "api:openapi-view",
+                frozenset({Role.API_CONSUMER, Role.MODEL_OWNER, Role.ADMIN}), order=85,
+                description="The OpenAPI reference of /api/v1/.",
+            ),
+            extensions.NavItem(
+                "Audit trail", "audit_log", frozenset({Role.ADMIN, Role.COMPLIANCE_OFFICER}),
+                order=90, description="Who changed what, and when.",
+            ),
+            extensions.NavItem(
+                "Administration", "admin:index", frozenset({Role.ADMIN}), order=95,
+                description="Users, roles and object permissions.",
+            ),
+        ):
+            extensions.register_nav(item)

@@ -1,0 +1,121 @@
+"""Authentication for the REST API (API keys or the browser session) and caller checks.
+
+API keys travel in ``Authorization: Bearer <key>`` only; a key in the query string is refused
+so that it cannot leak into logs and browser history. Keys are looked up by their SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from auditlog.context import auditlog_value
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja.security import HttpBearer, SessionAuth
+
+from gatehouse.errors import NotAuthenticated, OTPRequired, PermissionDenied
+from gatehouse.models import ApiKey
+from gatehouse.roles import user_requires_otp
+
+security_log = logging.getLogger("gatehouse.security")
+
+KEY_PREFIX = "gh_"
+_QUERY_KEY_NAMES = ("api_key", "apikey", "key", "token", "access_token")
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def generate_key() -> str:
+    """A new key: ``gh_`` and 43 URL-safe characters (256 bits of entropy)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def display_prefix(raw: str) -> str:
+    return raw[: len(KEY_PREFIX) + 6]
+
+
+def key_from_raw(raw: str) -> ApiKey | None:
+    """The usable key for ``raw``, or None (unknown, revoked, expired, owner inactive)."""
+    if not raw.startswith(KEY_PREFIX) or len(raw) > 128:
+        return None
+    key = ApiKey.objects.select_related("user").filter(key_hash=hash_key(raw)).first()
+    now = timezone.now()
+    if key is None or not key.is_usable(now):
+        security_log.warning(
+            "api key refused prefix=%s reason=%s",
+            display_prefix(raw),
+            "unknown" if key is None else key.status if key.user.is_active else "owner_inactive",
+        )
+        return None
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
+
+
+class ApiKeyAuth(HttpBearer):
+    """``Authorization: Bearer gh_...``; sets ``request.user`` and ``request.auth`` to the key."""
+
+    openapi_description = "API key created under 'API keys' or with `manage.py create_api_key`."
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if any(name in request.GET for name in _QUERY_KEY_NAMES):
+            security_log.warning("api key refused: sent in the query string")
+            raise NotAuthenticated(
+                "API keys are accepted only in the Authorization header.", code="key_in_query"
+            )
+        return super().__call__(request)
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
+        key = key_from_raw(token)
+        if key is None:
+            return None
+        request.user = key.user
+        context = auditlog_value.get(None)
+        if isinstance(context, dict):
+            context["actor"] = key.user  # audit entries name the key's owner
+        return key
+
+
+class VerifiedSessionAuth(SessionAuth):
+    """The browser session (with CSRF); 2FA roles must have verified their session."""
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        user = super().authenticate(request, key)
+        if user and user_requires_otp(user) and not request.user.is_verified():  # type: ignore[union-attr]
+            raise OTPRequired()
+        return user
+
+
+api_key_auth = ApiKeyAuth()
+session_auth = VerifiedSessionAuth()
+API_AUTH = [api_key_auth, session_auth]
+
+
+def api_key_of(request: HttpRequest) -> ApiKey | None:
+    auth = getattr(request, "auth", None)
+    return auth if isinstance(auth, ApiKey) else None
+
+
+def require_key_scope(request: HttpRequest, *, action: str, family: str | None = None) -> None:
+    """A request made with a key needs the key to allow ``action`` (on ``family``)."""
+    key = api_key_of(request)
+    if key is not None and not key.allows(action, family):
+        raise PermissionDenied(
+            f"This API key does not allow '{action}'"
+            + (f" on '{family}'." if family else "."),
+            code="key_scope",
+        )
+
+
+def require_verified_session(request: HttpRequest) -> None:
+    """Actions of 2FA roles (approve, erase, export) need a verified browser session, not a key."""
+    if api_key_of(request) is not None or not request.user.is_verified():  # type: ignore[union-attr]
+        raise OTPRequired()

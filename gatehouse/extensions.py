@@ -1,0 +1,57 @@
+"""Extension points through which apps plug into the platform without the platform importing them.
+
+Apps register in their ``AppConfig.ready()``; the platform only calls what was registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gatehouse.roles import Role
+
+
+@dataclass(frozen=True)
+class NavItem:
+    label: str
+    url_name: str
+    roles: frozenset[Role]
+    order: int = 100
+    description: str = ""
+
+
+@dataclass
+class _Registry:
+    nav: list[NavItem] = field(default_factory=list)
+    # Returns (slug, label) of the model families a user may use with an API key.
+    family_choices: Callable[[Any], Sequence[tuple[str, str]]] | None = None
+    # Demo-data steps run by ``manage.py demo_setup`` after users exist, given {role: user}.
+    demo_steps: list[Callable[[dict[Role, Any]], None]] = field(default_factory=list)
+
+
+registry = _Registry()
+
+
+def register_nav(item: NavItem) -> None:
+    if item not in registry.nav:
+        registry.nav.append(item)
+        registry.nav.sort(key=lambda i: (i.order, i.label))
+
+
+def register_family_choices(provider: Callable[[Any], Sequence[tuple[str, str]]]) -> None:
+    registry.family_choices = provider
+
+
+def family_choices_for(user: Any) -> list[tuple[str, str]]:
+    provider = registry.family_choices
+    return list(provider(user)) if provider else []
+
+
+def register_demo_step(step: Callable[[dict[Role, Any]], None]) -> None:
+    if step not in registry.demo_steps:
+        registry.demo_steps.append(step)
+
+
+def nav_for(user: Any, roles: frozenset[Role]) -> list[NavItem]:
+    return [item for item in registry.nav if not item.roles or item.roles & roles]

@@ -1,0 +1,84 @@
+"""Second-factor enrolment and verification (django-otp TOTP + single-use backup codes)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import segno
+from django.http import HttpRequest
+from django_otp import devices_for_user, login as otp_login, match_token
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+security_log = logging.getLogger("gatehouse.security")
+
+OTP_PENDING_KEY = "_gatehouse_otp_pending"
+BACKUP_CODE_COUNT = 10
+
+
+def has_confirmed_device(user: Any) -> bool:
+    return any(True for _ in devices_for_user(user, confirmed=True))
+
+
+def pending_totp_device(user: Any) -> TOTPDevice:
+    """The unconfirmed authenticator being enrolled (one at a time)."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+    return device
+
+
+def qr_svg(device: TOTPDevice) -> str:
+    return segno.make(device.config_url, error="m").svg_inline(scale=5, dark="#111", light="#fff")
+
+
+def secret_base32(device: TOTPDevice) -> str:
+    from base64 import b32encode
+
+    return b32encode(device.bin_key).decode("ascii")
+
+
+def backup_codes_create(user: Any) -> list[str]:
+    """Replace the user's backup codes with ``BACKUP_CODE_COUNT`` new single-use ones."""
+    device, _ = StaticDevice.objects.get_or_create(
+        user=user, name="backup", defaults={"confirmed": True}
+    )
+    device.token_set.all().delete()
+    codes = [StaticToken.random_token() for _ in range(BACKUP_CODE_COUNT)]
+    StaticToken.objects.bulk_create(StaticToken(device=device, token=c) for c in codes)
+    security_log.info("backup codes issued user_id=%s", user.pk)
+    return codes
+
+
+def verify_session(request: HttpRequest, token: str) -> bool:
+    """Check ``token`` against the user's devices; on success mark the session verified.
+
+    TOTP codes are refused a second time (django-otp keeps the last used time step), backup
+    codes are deleted when used, and failures are throttled per device.
+    """
+    user = request.user
+    device = match_token(user, token.strip().replace(" ", ""))
+    if device is None:
+        security_log.warning("otp failed user_id=%s", user.pk)
+        return False
+    _login(request, device)
+    return True
+
+
+def confirm_enrolment(request: HttpRequest, device: TOTPDevice, token: str) -> bool:
+    if not device.verify_token(token.strip().replace(" ", "")):
+        security_log.warning("otp enrolment code refused user_id=%s", request.user.pk)
+        return False
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    security_log.info("otp device enrolled user_id=%s", request.user.pk)
+    _login(request, device)
+    return True
+
+
+def _login(request: HttpRequest, device: Any) -> None:
+    otp_login(request, device)
+    request.session.pop(OTP_PENDING_KEY, None)
+    request.session.cycle_key()  # a new session id once the second factor is given
+    security_log.info("otp verified user_id=%s device=%s", request.user.pk, type(device).__name__)

@@ -1,0 +1,37 @@
+"""Security logging for authentication events (never the secret itself)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.http import HttpRequest
+
+from gatehouse.logging import log_safe
+
+security_log = logging.getLogger("gatehouse.security")
+
+
+def _on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    from gatehouse.middleware import AUTH_TIME_KEY, LAST_SEEN_KEY
+
+    if request is not None and hasattr(request, "session"):
+        now = int(time.time())
+        request.session[AUTH_TIME_KEY] = now
+        request.session[LAST_SEEN_KEY] = now
+    security_log.info("login succeeded user_id=%s", user.pk)
+
+
+def _on_login_failed(
+    sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
+) -> None:
+    security_log.warning(
+        "login failed username=%s", log_safe(credentials.get("username", ""), limit=64)
+    )
+
+
+def connect() -> None:
+    user_logged_in.connect(_on_login, dispatch_uid="gatehouse.login")
+    user_login_failed.connect(_on_login_failed, dispatch_uid="gatehouse.login_failed")

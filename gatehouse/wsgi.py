@@ -1,0 +1,8 @@
+"""WSGI entry point, for a WSGI tier serving HTTP only (websockets need ASGI)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gatehouse.settings")
+application = get_wsgi_application()
