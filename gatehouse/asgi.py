@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gatehouse.settings")
 django_asgi_app = get_asgi_application()
+# WhiteNoise serves files with a sync iterator; Django warns about it under ASGI. Harmless.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous")
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -1,0 +1,101 @@
+"""Shared fixtures: users per role, verified sessions, API keys, model families."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.test import Client
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from apps.registry import services as registry_services
+from apps.registry.permissions import FamilyAction
+from gatehouse import services
+from gatehouse.roles import Role
+from tests.factories import ModelFamilyFactory, UserFactory
+
+IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(autouse=True)
+def _in_memory_channel_layer(settings: Any, request: pytest.FixtureRequest) -> None:
+    """In-process tests use the in-memory layer; tests marked `real_layer` keep the configured one."""
+    if "real_layer" not in request.keywords:
+        settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
+
+
+@pytest.fixture
+def make_user(db: None) -> Callable[..., Any]:
+    def make(*roles: Role, **kwargs: Any) -> Any:
+        return UserFactory(roles=list(roles), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def totp_device() -> Callable[[Any], TOTPDevice]:
+    def make(user: Any) -> TOTPDevice:
+        return TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+
+    return make
+
+
+def totp_code(device: TOTPDevice, *, offset_steps: int = 0) -> str:
+    """The current TOTP code of ``device`` (or the one ``offset_steps`` steps away)."""
+    from django_otp.oath import TOTP
+
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = totp.time + offset_steps * device.step  # type: ignore[attr-defined]
+    return f"{totp.token():0{device.digits}d}"
+
+
+@pytest.fixture
+def verified_client(totp_device: Callable[[Any], TOTPDevice]) -> Callable[[Any], Client]:
+    """A client logged in as ``user`` whose session passed the second factor."""
+
+    def make(user: Any) -> Client:
+        from django_otp import DEVICE_ID_SESSION_KEY
+
+        device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or totp_device(user)
+        client = Client()
+        client.force_login(user)
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+        session.save()
+        return client
+
+    return make
+
+
+@pytest.fixture
+def family(make_user: Callable[..., Any]) -> Any:
+    owner = make_user(Role.MODEL_OWNER, username="owner")
+    return registry_services.family_create(slug="credit-risk", name="Credit risk", owner=owner)
+
+
+@pytest.fixture
+def other_family(make_user: Callable[..., Any]) -> Any:
+    return ModelFamilyFactory(slug="digits")
+
+
+@pytest.fixture
+def api_key(make_user: Callable[..., Any], family: Any) -> Callable[..., tuple[Any, str]]:
+    """(user, raw key) for an API consumer granted view+predict on ``family``."""
+
+    def make(actions: tuple[str, ...] = ("view", "predict"), families: tuple[str, ...] = (),
+             user: Any = None, **kwargs: Any) -> tuple[Any, str]:
+        user = user or make_user(Role.API_CONSUMER)
+        registry_services.family_grant(
+            family=family, to=user, actions=[FamilyAction.VIEW, FamilyAction.PREDICT]
+        )
+        created = services.apikey_create(
+            user=user, name="test", actions=actions, families=families, **kwargs
+        )
+        return user, created.raw
+
+    return make
+
+
+def bearer(raw: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
