@@ -19,7 +19,13 @@ from ninja.errors import AuthenticationError, AuthorizationError, HttpError, Val
 
 from gatehouse import selectors, services
 from gatehouse.auth import API_AUTH, api_key_of
-from gatehouse.errors import ApplicationError, NotAuthenticated, PayloadTooLarge
+from gatehouse.errors import (
+    ApplicationError,
+    NotAuthenticated,
+    PayloadTooLarge,
+    server_error_body,
+)
+from gatehouse.otp import is_verified
 from gatehouse.roles import roles_of
 from gatehouse.schemas import ErrorOut
 
@@ -83,7 +89,7 @@ def _authorization_error(request: HttpRequest, exc: AuthorizationError) -> HttpR
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    body = {"detail": str(exc), "code": "http_error", "errors": []}
+    body: dict[str, Any] = {"detail": str(exc), "code": "http_error", "errors": []}
     return api.create_response(request, body, status=exc.status_code)
 
 
@@ -101,13 +107,7 @@ def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
 @api.exception_handler(Exception)
 def _server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
     logger.exception("unhandled error in API %s %s", request.method, request.path)
-    request_id = getattr(request, "request_id", "")
-    body = {
-        "detail": "Internal server error. Quote the request id when reporting it.",
-        "code": "server_error",
-        "errors": [],
-        "request_id": request_id,
-    }
+    body = server_error_body(getattr(request, "request_id", ""))
     return api.create_response(request, body, status=500)
 
 
@@ -145,7 +145,7 @@ def me(request: HttpRequest) -> MeOut:
     return MeOut(
         username=user.get_username(),
         roles=sorted(role.value for role in roles_of(user)),
-        otp_verified=bool(key is None and user.is_verified()),
+        otp_verified=key is None and is_verified(user),
         api_key=key.prefix if key else None,
         api_key_actions=key.actions if key else None,
         api_key_families=key.families if key else None,

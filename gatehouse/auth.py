@@ -19,6 +19,7 @@ from ninja.security import HttpBearer, SessionAuth
 
 from gatehouse.errors import NotAuthenticated, OTPRequired, PermissionDenied
 from gatehouse.models import ApiKey
+from gatehouse.otp import is_verified
 from gatehouse.roles import user_requires_otp
 
 security_log = logging.getLogger("gatehouse.security")
@@ -89,7 +90,7 @@ class VerifiedSessionAuth(SessionAuth):
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any:
         user = super().authenticate(request, key)
-        if user and user_requires_otp(user) and not request.user.is_verified():  # type: ignore[union-attr]
+        if user and user_requires_otp(user) and not is_verified(request.user):
             raise OTPRequired()
         return user
 
@@ -117,5 +118,5 @@ def require_key_scope(request: HttpRequest, *, action: str, family: str | None =
 
 def require_verified_session(request: HttpRequest) -> None:
     """Actions of 2FA roles (approve, erase, export) need a verified browser session, not a key."""
-    if api_key_of(request) is not None or not request.user.is_verified():  # type: ignore[union-attr]
+    if api_key_of(request) is not None or not is_verified(request.user):
         raise OTPRequired()

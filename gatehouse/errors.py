@@ -35,6 +35,16 @@ class ApplicationError(Exception):
         return {"detail": self.detail, "code": self.error_code, "errors": self.errors}
 
 
+def server_error_body(request_id: str) -> dict[str, Any]:
+    """The body of a 500: generic, with the request id to quote; never the exception."""
+    return {
+        "detail": "Internal server error. Quote the request id when reporting it.",
+        "code": "server_error",
+        "errors": [],
+        "request_id": request_id,
+    }
+
+
 class ValidationFailed(ApplicationError):
     status_code = 422
     code = "invalid"

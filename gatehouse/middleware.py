@@ -14,7 +14,7 @@ from django.shortcuts import redirect
 
 from gatehouse.errors import OTPRequired
 from gatehouse.logging import request_id_var
-from gatehouse.otp import OTP_PENDING_KEY, has_confirmed_device
+from gatehouse.otp import OTP_PENDING_KEY, has_confirmed_device, is_verified
 from gatehouse.roles import user_requires_otp
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -88,7 +88,7 @@ class OTPEnforcementMiddleware:
         user = request.user
         if (
             user.is_authenticated
-            and not user.is_verified()  # type: ignore[union-attr]
+            and not is_verified(user)
             and (user_requires_otp(user) or request.session.get(OTP_PENDING_KEY))
             and not self._exempt(request)
         ):

@@ -17,6 +17,12 @@ OTP_PENDING_KEY = "_gatehouse_otp_pending"
 BACKUP_CODE_COUNT = 10
 
 
+def is_verified(user: Any) -> bool:
+    """Whether the request's user passed a second factor in this session (django-otp)."""
+    check = getattr(user, "is_verified", None)
+    return bool(check()) if callable(check) else False
+
+
 def has_confirmed_device(user: Any) -> bool:
     return any(True for _ in devices_for_user(user, confirmed=True))
 

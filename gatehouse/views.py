@@ -16,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from gatehouse import otp, selectors, services
-from gatehouse.errors import ApplicationError
+from gatehouse.errors import ApplicationError, server_error_body
 from gatehouse.extensions import nav_for
 from gatehouse.forms import ApiKeyForm, AuditFilterForm, OTPTokenForm, PasswordConfirmForm
 from gatehouse.roles import Role, has_role, roles_of, user_requires_otp
@@ -100,7 +100,7 @@ def otp_setup(request: HttpRequest) -> HttpResponse:
 def _otp_manage(request: HttpRequest) -> HttpResponse:
     """With 2FA active: new backup codes, after the password is entered again."""
     form = PasswordConfirmForm(request.POST or None, user=request.user)
-    if request.method == "POST" and request.user.is_verified() and form.is_valid():  # type: ignore[union-attr]
+    if request.method == "POST" and otp.is_verified(request.user) and form.is_valid():
         codes = otp.backup_codes_create(request.user)
         return render(request, "gatehouse/otp_backup_codes.html", {"codes": codes})
     return render(request, "gatehouse/otp_manage.html", {"form": form})
@@ -188,7 +188,5 @@ def server_error(request: HttpRequest) -> HttpResponseBase:
     """Generic 500 page with the request id; never a traceback."""
     request_id = getattr(request, "request_id", "")
     if request.path.startswith("/api/"):
-        return JsonResponse({"detail": "Internal server error. Quote the request id when "
-                             "reporting it.", "code": "server_error", "errors": [],
-                             "request_id": request_id}, status=500)
+        return JsonResponse(server_error_body(request_id), status=500)
     return render(request, "500.html", {"request_id": request_id}, status=500)

@@ -28,7 +28,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     def roles(self, create: bool, extracted: Any, **kwargs: Any) -> None:
         if create and extracted:
             for role in extracted:
-                self.groups.add(Group.objects.get(name=Role(role).value))
+                self.groups.add(Group.objects.get_or_create(name=Role(role).value)[0])
         if create:
             self.save()
 
