@@ -14,12 +14,30 @@ from gatehouse.models import ApiKey, Notification
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "user", "actions", "families", "expires_at", "revoked_at",
-                    "last_used_at")
+    list_display = (
+        "name",
+        "prefix",
+        "user",
+        "actions",
+        "families",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
     list_filter = ("revoked_at", "expires_at")
     search_fields = ("name", "prefix", "user__username")
-    readonly_fields = ("user", "prefix", "families", "actions", "created_at", "created_by",
-                       "expires_at", "revoked_at", "revoked_by", "last_used_at")
+    readonly_fields = (
+        "user",
+        "prefix",
+        "families",
+        "actions",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "revoked_at",
+        "revoked_by",
+        "last_used_at",
+    )
     exclude = ("key_hash",)
     actions = ["revoke"]
 

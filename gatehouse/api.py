@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Schema
@@ -23,6 +24,7 @@ from gatehouse.errors import (
     ApplicationError,
     NotAuthenticated,
     PayloadTooLarge,
+    PermissionDenied,
     server_error_body,
 )
 from gatehouse.otp import is_verified
@@ -37,7 +39,8 @@ api = NinjaAPI(
     description="Governed inference: registry, predictions, consent and decision records.",
     auth=API_AUTH,
     urls_namespace="api",
-    docs_decorator=None if settings.API_DOCS_PUBLIC else staff_member_required,
+    # Signed-in users may read the docs; in production only staff (ASVS 13.4, API9).
+    docs_decorator=login_required if settings.API_DOCS_PUBLIC else staff_member_required,
 )
 
 
@@ -66,8 +69,11 @@ def _field_of(loc: list[Any]) -> str:
 @api.exception_handler(ValidationError)
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     errors = [
-        {"field": _field_of(list(e.get("loc", []))), "message": e.get("msg", "invalid"),
-         "type": e.get("type", "invalid")}
+        {
+            "field": _field_of(list(e.get("loc", []))),
+            "message": e.get("msg", "invalid"),
+            "type": e.get("type", "invalid"),
+        }
         for e in exc.errors
     ]
     fields = ", ".join(sorted({e["field"] for e in errors})) or "request"
@@ -82,8 +88,6 @@ def _authentication_error(request: HttpRequest, exc: AuthenticationError) -> Htt
 
 @api.exception_handler(AuthorizationError)
 def _authorization_error(request: HttpRequest, exc: AuthorizationError) -> HttpResponse:
-    from gatehouse.errors import PermissionDenied
-
     return _error_response(request, PermissionDenied())
 
 
@@ -112,6 +116,7 @@ def _server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 
 # --- The platform's own endpoints ---------------------------------------------------------------
+
 
 class MeOut(Schema):
     username: str
@@ -152,22 +157,30 @@ def me(request: HttpRequest) -> MeOut:
     )
 
 
-@platform_router.get("/keys", response={200: list[ApiKeyOut], 401: ErrorOut})
+@platform_router.get("/keys", response={200: list[ApiKeyOut], 401: ErrorOut, 403: ErrorOut})
 def list_keys(request: HttpRequest) -> Any:
-    """The caller's own API keys (never the secrets)."""
+    """The caller's own API keys (never the secrets). Keys are managed in a browser session."""
+    if api_key_of(request) is not None:
+        raise PermissionDenied(
+            "API keys are listed in a browser session, not with a key.", code="key_scope"
+        )
     return list(selectors.apikey_list(user=request.user))
 
 
 @platform_router.post(
-    "/keys/{key_id}/revoke", response={200: ApiKeyOut, 401: ErrorOut, 404: ErrorOut}
+    "/keys/{key_id}/revoke", response={200: ApiKeyOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
 )
 def revoke_key(request: HttpRequest, key_id: int) -> Any:
-    """Revoke one of the caller's keys; the next request made with it gets 401."""
+    """Revoke one of the caller's keys; the next request made with it gets 401.
+
+    Called with a key, only that key itself can be revoked (e.g. after it leaked).
+    """
+    key = api_key_of(request)
+    if key is not None and key.pk != key_id:
+        raise PermissionDenied("A key can revoke only itself.", code="key_scope")
     return services.apikey_revoke(key_id=key_id, by=request.user)
 
 
 api.add_router("/", platform_router)
-for _prefix, _router in (
-    ("/registry/", "apps.registry.api.router"),
-):
+for _prefix, _router in (("/registry/", "apps.registry.api.router"),):
     api.add_router(_prefix, _router)

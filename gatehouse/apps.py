@@ -34,24 +34,42 @@ class GatehouseConfig(AppConfig):
         auditlog.register(TOTPDevice, include_fields=["name", "confirmed", "user"])
         auditlog.register(StaticDevice, include_fields=["name", "confirmed", "user"])
 
+        from django.conf import settings
+
         all_roles = frozenset(Role)
+        docs_roles = (
+            frozenset({Role.API_CONSUMER, Role.MODEL_OWNER, Role.ADMIN})
+            if settings.API_DOCS_PUBLIC
+            else frozenset({Role.ADMIN})  # staff only in production
+        )
         for item in (
             extensions.NavItem("Home", "home", all_roles, order=0),
             extensions.NavItem(
-                "API keys", "api_keys", all_roles, order=80,
+                "API keys",
+                "api_keys",
+                all_roles,
+                order=80,
                 description="Create, list and revoke keys for the REST API.",
             ),
             extensions.NavItem(
-                "API docs", "api:openapi-view",
-                frozenset({Role.API_CONSUMER, Role.MODEL_OWNER, Role.ADMIN}), order=85,
+                "API docs",
+                "api:openapi-view",
+                docs_roles,
+                order=85,
                 description="The OpenAPI reference of /api/v1/.",
             ),
             extensions.NavItem(
-                "Audit trail", "audit_log", frozenset({Role.ADMIN, Role.COMPLIANCE_OFFICER}),
-                order=90, description="Who changed what, and when.",
+                "Audit trail",
+                "audit_log",
+                frozenset({Role.ADMIN, Role.COMPLIANCE_OFFICER}),
+                order=90,
+                description="Who changed what, and when.",
             ),
             extensions.NavItem(
-                "Administration", "admin:index", frozenset({Role.ADMIN}), order=95,
+                "Administration",
+                "admin:index",
+                frozenset({Role.ADMIN}),
+                order=95,
                 description="Users, roles and object permissions.",
             ),
         ):

@@ -110,8 +110,7 @@ def require_key_scope(request: HttpRequest, *, action: str, family: str | None =
     key = api_key_of(request)
     if key is not None and not key.allows(action, family):
         raise PermissionDenied(
-            f"This API key does not allow '{action}'"
-            + (f" on '{family}'." if family else "."),
+            f"This API key does not allow '{action}'" + (f" on '{family}'." if family else "."),
             code="key_scope",
         )
 

@@ -9,6 +9,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from gatehouse.live import user_group
+from gatehouse.middleware import session_expired
 from gatehouse.roles import user_requires_otp
 
 logger = logging.getLogger("gatehouse.security")
@@ -52,15 +53,15 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
 
 def _session_allows(user: Any, session: Any) -> bool:
-    """Users of 2FA roles need a verified session on the socket too."""
-    if not user.is_active:
+    """The socket needs a live session: active user, within timeouts, 2FA where required."""
+    if not user.is_active or session is None or session_expired(session):
         return False
     if not user_requires_otp(user):
         return True
     from django_otp import DEVICE_ID_SESSION_KEY
     from django_otp.models import Device
 
-    persistent_id = session.get(DEVICE_ID_SESSION_KEY) if session is not None else None
+    persistent_id = session.get(DEVICE_ID_SESSION_KEY)
     if not persistent_id:
         return False
     device = Device.from_persistent_id(persistent_id)

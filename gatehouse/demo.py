@@ -49,7 +49,9 @@ def demo_setup(*, reset: bool = False, password: str | None = None) -> list[Demo
         user = user_model.objects.filter(username=username).first()
         created = user is None
         if user is None:
-            user = user_model.objects.create_user(username=username, email=f"{username}@example.org")
+            user = user_model.objects.create_user(
+                username=username, email=f"{username}@example.org"
+            )
         users[role] = user
         user.groups.add(Group.objects.get(name=role.value))
         if role is Role.ADMIN and not user.is_superuser:
@@ -57,8 +59,9 @@ def demo_setup(*, reset: bool = False, password: str | None = None) -> list[Demo
             user.save(update_fields=["is_staff", "is_superuser"])
         if not (created or reset):
             continue
-        login = DemoLogin(role=role, username=username,
-                          password=password or secrets.token_urlsafe(12))
+        login = DemoLogin(
+            role=role, username=username, password=password or secrets.token_urlsafe(12)
+        )
         user.set_password(login.password)
         user.save(update_fields=["password"])
         if role in OTP_ROLES:

@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import logout
@@ -45,6 +46,17 @@ AUTH_TIME_KEY = "_gatehouse_auth_at"
 LAST_SEEN_KEY = "_gatehouse_last_seen"
 
 
+def session_expired(session: Any, now: int | None = None) -> bool:
+    """Whether a session is past its idle or absolute timeout (HTTP and websockets alike)."""
+    now = now or int(time.time())
+    auth_at = int(session.get(AUTH_TIME_KEY, now))
+    last_seen = int(session.get(LAST_SEEN_KEY, now))
+    return (
+        now - auth_at > settings.SESSION_COOKIE_AGE
+        or now - last_seen > settings.SESSION_IDLE_TIMEOUT_S
+    )
+
+
 class SessionTimeoutMiddleware:
     """Ends sessions idle for ``SESSION_IDLE_TIMEOUT_S`` or older than ``SESSION_COOKIE_AGE``."""
 
@@ -56,14 +68,10 @@ class SessionTimeoutMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.user.is_authenticated and hasattr(request, "session"):
             now = int(time.time())
-            auth_at = int(request.session.get(AUTH_TIME_KEY, now))
-            last_seen = int(request.session.get(LAST_SEEN_KEY, now))
-            if (
-                now - auth_at > settings.SESSION_COOKIE_AGE
-                or now - last_seen > settings.SESSION_IDLE_TIMEOUT_S
-            ):
+            if session_expired(request.session, now):
                 logout(request)
             else:
+                last_seen = int(request.session.get(LAST_SEEN_KEY, 0))
                 request.session.setdefault(AUTH_TIME_KEY, now)
                 if now - last_seen >= self.touch_every_s or LAST_SEEN_KEY not in request.session:
                     request.session[LAST_SEEN_KEY] = now

@@ -11,9 +11,26 @@ from sentry_sdk.scrubber import DEFAULT_DENYLIST, DEFAULT_PII_DENYLIST, EventScr
 
 # Field names whose values never leave the process, on top of Sentry's defaults.
 EXTRA_DENYLIST = [
-    "api_key", "apikey", "key", "key_hash", "otp_token", "token", "subject", "subject_ref",
-    "reference", "email", "username", "first_name", "last_name", "rows", "inputs", "features",
-    "pseudonym", "ip_address", "remote_addr", "x_api_key",
+    "api_key",
+    "apikey",
+    "key",
+    "key_hash",
+    "otp_token",
+    "token",
+    "subject",
+    "subject_ref",
+    "reference",
+    "email",
+    "username",
+    "first_name",
+    "last_name",
+    "rows",
+    "inputs",
+    "features",
+    "pseudonym",
+    "ip_address",
+    "remote_addr",
+    "x_api_key",
 ]
 
 

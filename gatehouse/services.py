@@ -89,7 +89,11 @@ def apikey_revoke(*, key_id: int, by: Any) -> ApiKey:
 
 
 def notification_create(
-    *, user: Any, text: str, link: str = "", level: str = Notification.Level.INFO,
+    *,
+    user: Any,
+    text: str,
+    link: str = "",
+    level: str = Notification.Level.INFO,
     dedupe_key: str = "",
 ) -> Notification | None:
     """Store a notification and push it live; None if one with ``dedupe_key`` exists already."""
@@ -114,8 +118,10 @@ def apikeys_warn_expiring(*, within_days: int = 7) -> int:
     """Notify owners once of each active key that expires within ``within_days``."""
     now = timezone.now()
     keys = ApiKey.objects.select_related("user").filter(
-        revoked_at__isnull=True, expires_at__gt=now,
-        expires_at__lte=now + timedelta(days=within_days), user__is_active=True,
+        revoked_at__isnull=True,
+        expires_at__gt=now,
+        expires_at__lte=now + timedelta(days=within_days),
+        user__is_active=True,
     )
     sent = 0
     for key in keys:
@@ -142,6 +148,5 @@ def user_deactivate(*, user: Any, by: Any) -> None:
     if not by.has_perm("auth.change_user"):
         raise PermissionDenied()
     user.is_active = False
-    user.save(update_fields=["is_active"])
-    live.close_user_sockets(user.pk, reason="deactivated")
+    user.save(update_fields=["is_active"])  # closes the user's websockets (gatehouse.signals)
     security_log.info("user deactivated user_id=%s by=%s", user.pk, by.pk)

@@ -32,6 +32,18 @@ def _on_login_failed(
     )
 
 
+def _on_user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    # Wherever a user is deactivated (admin, service, shell), their open sockets close.
+    if not created and not instance.is_active:
+        from gatehouse.live import close_user_sockets
+
+        close_user_sockets(instance.pk, reason="deactivated")
+
+
 def connect() -> None:
+    from django.contrib.auth import get_user_model
+    from django.db.models.signals import post_save
+
+    post_save.connect(_on_user_saved, sender=get_user_model(), dispatch_uid="gatehouse.user_saved")
     user_logged_in.connect(_on_login, dispatch_uid="gatehouse.login")
     user_login_failed.connect(_on_login_failed, dispatch_uid="gatehouse.login_failed")

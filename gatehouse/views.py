@@ -29,11 +29,15 @@ logger = logging.getLogger(__name__)
 def home(request: HttpRequest) -> HttpResponse:
     roles = roles_of(request.user)
     items = [i for i in nav_for(request.user, roles) if i.url_name != "home"]
-    return render(request, "gatehouse/home.html", {
-        "roles": sorted(r.label for r in roles),
-        "items": items,
-        "notifications": selectors.notification_list(user=request.user),
-    })
+    return render(
+        request,
+        "gatehouse/home.html",
+        {
+            "roles": sorted(r.label for r in roles),
+            "items": items,
+            "notifications": selectors.notification_list(user=request.user),
+        },
+    )
 
 
 class LoginView(auth_views.LoginView):
@@ -92,9 +96,15 @@ def otp_setup(request: HttpRequest) -> HttpResponse:
             codes = otp.backup_codes_create(user)
             return render(request, "gatehouse/otp_backup_codes.html", {"codes": codes})
         form.add_error("token", "This code does not match. Check the time on your phone.")
-    return render(request, "gatehouse/otp_setup.html", {
-        "form": form, "qr_svg": otp.qr_svg(device), "secret": otp.secret_base32(device),
-    })
+    return render(
+        request,
+        "gatehouse/otp_setup.html",
+        {
+            "form": form,
+            "qr_svg": otp.qr_svg(device),
+            "secret": otp.secret_base32(device),
+        },
+    )
 
 
 def _otp_manage(request: HttpRequest) -> HttpResponse:
@@ -154,7 +164,9 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         return render(request, "403.html", status=403)
     form = AuditFilterForm(request.GET or None)
     filters = form.cleaned_data if form.is_valid() else {}
-    entries = selectors.audit_entry_list(user=request.user, **{k: v for k, v in filters.items() if v})
+    entries = selectors.audit_entry_list(
+        user=request.user, **{k: v for k, v in filters.items() if v}
+    )
     page = Paginator(entries, 50).get_page(request.GET.get("page"))
     template = "gatehouse/audit_log.html"
     if request.htmx:  # type: ignore[attr-defined]
@@ -180,8 +192,9 @@ def health(request: HttpRequest) -> JsonResponse:
         logger.exception("health: cache check failed")
         checks["cache"] = "error"
     healthy = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if healthy else "error", "checks": checks},
-                        status=200 if healthy else 503)
+    return JsonResponse(
+        {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
+    )
 
 
 def server_error(request: HttpRequest) -> HttpResponseBase:

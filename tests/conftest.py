@@ -20,7 +20,7 @@ IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"
 
 @pytest.fixture(autouse=True)
 def _in_memory_channel_layer(settings: Any, request: pytest.FixtureRequest) -> None:
-    """In-process tests use the in-memory layer; tests marked `real_layer` keep the configured one."""
+    """In-process tests use the in-memory layer; `real_layer` tests keep the configured one."""
     if "real_layer" not in request.keywords:
         settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
 
@@ -83,8 +83,12 @@ def other_family(make_user: Callable[..., Any]) -> Any:
 def api_key(make_user: Callable[..., Any], family: Any) -> Callable[..., tuple[Any, str]]:
     """(user, raw key) for an API consumer granted view+predict on ``family``."""
 
-    def make(actions: tuple[str, ...] = ("view", "predict"), families: tuple[str, ...] = (),
-             user: Any = None, **kwargs: Any) -> tuple[Any, str]:
+    def make(
+        actions: tuple[str, ...] = ("view", "predict"),
+        families: tuple[str, ...] = (),
+        user: Any = None,
+        **kwargs: Any,
+    ) -> tuple[Any, str]:
         user = user or make_user(Role.API_CONSUMER)
         registry_services.family_grant(
             family=family, to=user, actions=[FamilyAction.VIEW, FamilyAction.PREDICT]

@@ -32,8 +32,14 @@ def test_database_url() -> str:
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"DATABASE_URL": test_database_url(), "PYTHONUNBUFFERED": "1",
-                "GATEHOUSE_TESTING": "1", **extra})
+    env.update(
+        {
+            "DATABASE_URL": test_database_url(),
+            "PYTHONUNBUFFERED": "1",
+            "GATEHOUSE_TESTING": "1",
+            **extra,
+        }
+    )
     return env
 
 
@@ -59,10 +65,27 @@ def celery_worker(tmp_path: Path) -> Iterator[str]:
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "gatehouse", "worker", "--queues", queue,
-             "--pool", "solo", "--hostname", f"{queue}@%h", "--loglevel", "INFO",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "celery"),
+                "-A",
+                "gatehouse",
+                "worker",
+                "--queues",
+                queue,
+                "--pool",
+                "solo",
+                "--hostname",
+                f"{queue}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             _wait_for(lambda: b"ready." in log.read_bytes(), process, log, "worker")
@@ -78,9 +101,20 @@ def asgi_server(tmp_path: Path) -> Iterator[str]:
     log = tmp_path / "web.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(BIN / "uvicorn"), "gatehouse.asgi:application", "--host", "127.0.0.1",
-             "--port", str(port), "--lifespan", "off"],
-            cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "uvicorn"),
+                "gatehouse.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--lifespan",
+                "off",
+            ],
+            cwd=ROOT,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             _wait_for(lambda: _port_open(port), process, log, "web server")
@@ -94,8 +128,9 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait_for(ready: Any, process: subprocess.Popen[Any], log: Path, what: str,
-              timeout: float = 60) -> None:
+def _wait_for(
+    ready: Any, process: subprocess.Popen[Any], log: Path, what: str, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -103,4 +138,6 @@ def _wait_for(ready: Any, process: subprocess.Popen[Any], log: Path, what: str,
         if ready():
             return
         time.sleep(0.2)
-    raise RuntimeError(f"{what} not ready in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+    raise RuntimeError(
+        f"{what} not ready in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}"
+    )

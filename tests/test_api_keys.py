@@ -77,8 +77,12 @@ def test_a_key_only_sees_the_families_in_its_scope(client, api_key, family, othe
     user, raw_all = api_key()
     family_grant(family=other_family, to=user, actions=[FamilyAction.VIEW])
     _, raw_one = api_key(user=user, families=("credit-risk",))
-    all_slugs = [f["slug"] for f in client.get("/api/v1/registry/families", **bearer(raw_all)).json()]
-    one_slugs = [f["slug"] for f in client.get("/api/v1/registry/families", **bearer(raw_one)).json()]
+    all_slugs = [
+        f["slug"] for f in client.get("/api/v1/registry/families", **bearer(raw_all)).json()
+    ]
+    one_slugs = [
+        f["slug"] for f in client.get("/api/v1/registry/families", **bearer(raw_one)).json()
+    ]
     assert all_slugs == ["credit-risk", "digits"]
     assert one_slugs == ["credit-risk"]
     assert client.get("/api/v1/registry/families/digits", **bearer(raw_one)).status_code == 404
@@ -89,7 +93,9 @@ def test_a_key_cannot_be_scoped_to_a_family_its_owner_may_not_use(make_user, fam
 
     stranger = make_user(Role.API_CONSUMER)
     with pytest.raises(ValidationFailed) as excinfo:
-        services.apikey_create(user=stranger, name="x", actions=["predict"], families=["credit-risk"])
+        services.apikey_create(
+            user=stranger, name="x", actions=["predict"], families=["credit-risk"]
+        )
     assert excinfo.value.errors[0]["field"] == "families"
 
 
@@ -105,8 +111,17 @@ def test_a_user_cannot_revoke_someone_elses_key(client, api_key, make_user):
 
 def test_the_command_prints_the_key_once_and_it_works(client, api_key, capsys):
     user, _ = api_key()
-    call_command("create_api_key", "--user", user.username, "--families", "credit-risk",
-                 "--actions", "predict", "--expires-days", "7")
+    call_command(
+        "create_api_key",
+        "--user",
+        user.username,
+        "--families",
+        "credit-risk",
+        "--actions",
+        "predict",
+        "--expires-days",
+        "7",
+    )
     raw = capsys.readouterr().out.strip()
     assert raw.startswith("gh_")
     me = client.get("/api/v1/me", **bearer(raw)).json()
@@ -124,10 +139,16 @@ def test_keys_are_created_in_the_ui_and_shown_once(make_user, family):
     family_grant(family=family, to=user, actions=[FamilyAction.VIEW, FamilyAction.PREDICT])
     client = Client()
     client.force_login(user)
-    response = client.post("/account/api-keys/", {
-        "name": "scoring job", "actions": ["view", "predict"], "families": ["credit-risk"],
-        "expires_days": 30,
-    }, HTTP_HX_REQUEST="true")
+    response = client.post(
+        "/account/api-keys/",
+        {
+            "name": "scoring job",
+            "actions": ["view", "predict"],
+            "families": ["credit-risk"],
+            "expires_days": 30,
+        },
+        HTTP_HX_REQUEST="true",
+    )
     assert response.status_code == 200
     html = response.content.decode()
     key = ApiKey.objects.get()
@@ -135,7 +156,8 @@ def test_keys_are_created_in_the_ui_and_shown_once(make_user, family):
     raw = html.split('id="new-key">')[1].split("<")[0]
     assert hash_key(raw) == key.key_hash
     listing = client.get("/account/api-keys/").content.decode()
-    assert raw not in listing and key.prefix in listing
+    assert raw not in listing
+    assert key.prefix in listing
 
 
 def test_the_ui_names_the_bad_field(make_user):
@@ -146,3 +168,30 @@ def test_the_ui_names_the_bad_field(make_user):
     response = client.post("/account/api-keys/", {"name": "", "actions": [], "expires_days": 9999})
     assert response.status_code == 422
     assert ApiKey.objects.count() == 0
+
+
+def test_a_key_without_the_view_action_cannot_list_families(client, api_key):
+    _, raw = api_key(actions=("predict",))
+    assert client.get("/api/v1/registry/families", **bearer(raw)).json() == []
+
+
+def test_a_key_cannot_list_keys_and_can_revoke_only_itself(client, api_key):
+    user, raw = api_key()
+    _, other_raw = api_key(user=user)
+    own, other = ApiKey.objects.order_by("created_at")
+    assert client.get("/api/v1/keys", **bearer(raw)).status_code == 403
+    assert client.post(f"/api/v1/keys/{other.pk}/revoke", **bearer(raw)).status_code == 403
+    assert client.get("/api/v1/me", **bearer(other_raw)).status_code == 200
+    assert client.post(f"/api/v1/keys/{own.pk}/revoke", **bearer(raw)).status_code == 200
+    assert client.get("/api/v1/me", **bearer(raw)).status_code == 401
+
+
+def test_model_level_grants_show_up_as_actions(client, make_user, family):
+    from django.contrib.auth.models import Permission
+
+    user = make_user(Role.BUSINESS_USER)
+    for codename in ("view_modelfamily", "predict_modelfamily"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(user)
+    (listed,) = client.get("/api/v1/registry/families").json()
+    assert listed["actions"] == ["view", "predict"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+
 import pytest
 from django.conf import settings
 from django.test import Client
@@ -44,9 +45,10 @@ def test_a_task_in_a_real_worker_updates_the_page_over_a_real_websocket(
         assert result.get(timeout=30) == 1
     note = Notification.objects.get(user=user)
     assert "expires on" in note.text
-    assert 'id="notifications"' in html and "hx-swap-oob" in html
+    assert 'id="notifications"' in html
+    assert "hx-swap-oob" in html
     assert f"{ApiKey.objects.get().prefix}" in html
-    print(f"\nworker -> browser live update in {elapsed:.2f} s")  # noqa: T201
+    print(f"\nworker -> browser live update in {elapsed:.2f} s")
     assert elapsed < 10
 
 
@@ -63,11 +65,11 @@ def test_the_real_server_serves_pages_static_files_and_health(tmp_path, make_use
     import urllib.request
 
     with asgi_server(tmp_path) as host:
-        with urllib.request.urlopen(f"http://{host}/health", timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://{host}/health", timeout=10) as response:
             assert json.load(response)["status"] == "ok"
-        with urllib.request.urlopen(  # noqa: S310
+        with urllib.request.urlopen(
             f"http://{host}/static/django_htmx/htmx-2.min.js", timeout=10
         ) as response:
             assert response.status == 200
-        with urllib.request.urlopen(f"http://{host}/account/login/", timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://{host}/account/login/", timeout=10) as response:
             assert b"Sign in" in response.read()

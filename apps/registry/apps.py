@@ -19,7 +19,12 @@ class RegistryConfig(AppConfig):
         auditlog.register(ModelFamily)
         extensions.register_family_choices(selectors.family_choices)
         extensions.register_demo_step(demo.create_demo_families)
-        extensions.register_nav(extensions.NavItem(
-            "Models", "registry:family_list", frozenset(Role), order=10,
-            description="The model families you may use, and what you may do with each.",
-        ))
+        extensions.register_nav(
+            extensions.NavItem(
+                "Models",
+                "registry:family_list",
+                frozenset(Role),
+                order=10,
+                description="The model families you may use, and what you may do with each.",
+            )
+        )

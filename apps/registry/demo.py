@@ -10,10 +10,17 @@ from apps.registry.permissions import FamilyAction as A
 from gatehouse.roles import Role
 
 DEMO_FAMILIES = [
-    ("credit-risk", "Credit risk", "Scores the risk that a credit applicant defaults "
-     "(German Credit data). Requires consent for the purpose 'credit_scoring'."),
-    ("digits", "Handwritten digits", "Recognises a handwritten digit from an 8x8 image "
-     "(scikit-learn digits). No personal data."),
+    (
+        "credit-risk",
+        "Credit risk",
+        "Scores the risk that a credit applicant defaults "
+        "(German Credit data). Requires consent for the purpose 'credit_scoring'.",
+    ),
+    (
+        "digits",
+        "Handwritten digits",
+        "Recognises a handwritten digit from an 8x8 image (scikit-learn digits). No personal data.",
+    ),
 ]
 
 GRANTS: dict[Role, list[A]] = {

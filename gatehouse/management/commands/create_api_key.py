@@ -18,10 +18,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", required=True, help="Username of the key's owner.")
         parser.add_argument("--name", default="automation", help="What the key is for.")
-        parser.add_argument("--families", nargs="*", default=[],
-                            help="Family slugs (default: every family the user may use).")
-        parser.add_argument("--actions", nargs="+", default=["view", "predict"],
-                            choices=ApiKeyAction.values)
+        parser.add_argument(
+            "--families",
+            nargs="*",
+            default=[],
+            help="Family slugs (default: every family the user may use).",
+        )
+        parser.add_argument(
+            "--actions", nargs="+", default=["view", "predict"], choices=ApiKeyAction.values
+        )
         parser.add_argument("--expires-days", type=int, default=None)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -30,8 +35,11 @@ class Command(BaseCommand):
             raise CommandError(f"No active user '{options['user']}'.")
         try:
             created = services.apikey_create(
-                user=user, name=options["name"], actions=options["actions"],
-                families=options["families"], expires_days=options["expires_days"],
+                user=user,
+                name=options["name"],
+                actions=options["actions"],
+                families=options["families"],
+                expires_days=options["expires_days"],
             )
         except ApplicationError as exc:
             raise CommandError(exc.detail) from exc
