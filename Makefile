@@ -24,7 +24,7 @@ migrate: install
 	$(BIN)/python manage.py createcachetable
 
 demo: migrate
-	$(BIN)/python manage.py demo_setup
+	$(BIN)/python manage.py seed_demo
 
 run: demo
 	@echo ""

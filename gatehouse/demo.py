@@ -35,7 +35,7 @@ class DemoLogin:
 
 
 @transaction.atomic
-def demo_setup(*, reset: bool = False, password: str | None = None) -> list[DemoLogin]:
+def seed_demo(*, reset: bool = False, password: str | None = None) -> list[DemoLogin]:
     """Create (or with ``reset``, re-key) one demo user per role; returns logins to print once.
 
     Users that exist already are left as they are unless ``reset``: their passwords were

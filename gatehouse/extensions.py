@@ -26,7 +26,7 @@ class _Registry:
     nav: list[NavItem] = field(default_factory=list)
     # Returns (slug, label) of the model families a user may use with an API key.
     family_choices: Callable[[Any], Sequence[tuple[str, str]]] | None = None
-    # Demo-data steps run by ``manage.py demo_setup`` after users exist, given {role: user}.
+    # Demo-data steps run by ``manage.py seed_demo`` after users exist, given {role: user}.
     demo_steps: list[Callable[[dict[Role, Any]], None]] = field(default_factory=list)
 
 

@@ -104,3 +104,33 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+class Alert(models.Model):
+    """Something an operator must look at: raised by any app, acknowledged by a person."""
+
+    class Severity(models.TextChoices):
+        INFO = "info"
+        WARNING = "warning"
+        CRITICAL = "critical"
+
+    kind = models.CharField(max_length=60, db_index=True)
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    title = models.CharField(max_length=200)
+    detail = models.TextField(blank=True)
+    subject = models.CharField(max_length=200, blank=True, help_text="What it is about.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.title}"

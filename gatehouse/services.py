@@ -17,7 +17,7 @@ from gatehouse import live
 from gatehouse.auth import display_prefix, generate_key, hash_key
 from gatehouse.errors import NotFound, PermissionDenied, ValidationFailed
 from gatehouse.extensions import family_choices_for
-from gatehouse.models import ApiKey, ApiKeyAction, Notification
+from gatehouse.models import Alert, ApiKey, ApiKeyAction, Notification
 
 security_log = logging.getLogger("gatehouse.security")
 
@@ -150,3 +150,14 @@ def user_deactivate(*, user: Any, by: Any) -> None:
     user.is_active = False
     user.save(update_fields=["is_active"])  # closes the user's websockets (gatehouse.signals)
     security_log.info("user deactivated user_id=%s by=%s", user.pk, by.pk)
+
+
+def alert_raise(
+    *, kind: str, severity: str, title: str, detail: str = "", subject: str = ""
+) -> Alert:
+    """Record an alert for operators (the monitoring app shows and routes it)."""
+    alert = Alert.objects.create(
+        kind=kind, severity=severity, title=title, detail=detail, subject=subject
+    )
+    security_log.warning("alert raised kind=%s subject=%s", kind, subject)
+    return alert

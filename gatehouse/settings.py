@@ -320,6 +320,13 @@ USE_TZ = True
 # Interactive API docs are for staff only in production (ASVS 13.4, API9).
 API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", not PRODUCTION)
 
+# --- Model registry ------------------------------------------------------------------------------
+ARTIFACT_STORE_DIR = Path(env_str("ARTIFACT_STORE_DIR", str(VAR_DIR / "artifacts")))
+ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 200 * 1024 * 1024)
+VALIDATION_MAX_BYTES = env_int("VALIDATION_MAX_BYTES", 20 * 1024 * 1024)
+# Uploads stream to temporary files above this size instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
 # --- TorchServe (used by the TorchServe inference backend) --------------------------------------
 TORCHSERVE_INFERENCE_URL = env_str("TORCHSERVE_INFERENCE_URL", "http://127.0.0.1:18080")
 TORCHSERVE_MANAGEMENT_URL = env_str("TORCHSERVE_MANAGEMENT_URL", "http://127.0.0.1:18081")

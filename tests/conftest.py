@@ -11,6 +11,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from apps.registry import services as registry_services
 from apps.registry.permissions import FamilyAction
+from apps.registry.schemas import FamilyIn
 from gatehouse import services
 from gatehouse.roles import Role
 from tests.factories import ModelFamilyFactory, UserFactory
@@ -71,7 +72,18 @@ def verified_client(totp_device: Callable[[Any], TOTPDevice]) -> Callable[[Any],
 @pytest.fixture
 def family(make_user: Callable[..., Any]) -> Any:
     owner = make_user(Role.MODEL_OWNER, username="owner")
-    return registry_services.family_create(slug="credit-risk", name="Credit risk", owner=owner)
+    return registry_services.family_create(
+        data=FamilyIn(
+            slug="credit-risk",
+            name="Credit risk",
+            purposes=["credit scoring"],
+            legal_basis="consent",
+            consent_purpose="credit_scoring",
+            risk_class="high",
+            retention_days=365,
+        ),
+        owner=owner,
+    )
 
 
 @pytest.fixture

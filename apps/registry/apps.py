@@ -19,6 +19,7 @@ class RegistryConfig(AppConfig):
         auditlog.register(ModelFamily)
         extensions.register_family_choices(selectors.family_choices)
         extensions.register_demo_step(demo.create_demo_families)
+        extensions.register_demo_step(demo.create_demo_models)
         extensions.register_nav(
             extensions.NavItem(
                 "Models",

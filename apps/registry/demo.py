@@ -7,6 +7,7 @@ from typing import Any
 from apps.registry import services
 from apps.registry.models import ModelFamily
 from apps.registry.permissions import FamilyAction as A
+from apps.registry.schemas import FamilyIn
 from gatehouse.roles import Role
 
 DEMO_FAMILIES = [
@@ -23,6 +24,22 @@ DEMO_FAMILIES = [
     ),
 ]
 
+COMPLIANCE: dict[str, dict[str, Any]] = {
+    "credit-risk": {
+        "purposes": ["creditworthiness assessment of loan applicants"],
+        "legal_basis": "consent",
+        "consent_purpose": "credit_scoring",
+        "risk_class": "high",
+        "retention_days": 365,
+    },
+    "digits": {
+        "purposes": ["recognising handwritten digits on scanned forms"],
+        "legal_basis": "not_applicable",
+        "risk_class": "minimal",
+        "retention_days": 183,
+    },
+}
+
 GRANTS: dict[Role, list[A]] = {
     Role.BUSINESS_USER: [A.VIEW, A.PREDICT],
     Role.API_CONSUMER: [A.VIEW, A.PREDICT],
@@ -35,7 +52,67 @@ def create_demo_families(users: dict[Role, Any]) -> None:
     owner = users[Role.MODEL_OWNER]
     for slug, name, description in DEMO_FAMILIES:
         family = ModelFamily.objects.filter(slug=slug).first() or services.family_create(
-            slug=slug, name=name, owner=owner, description=description
+            data=FamilyIn(slug=slug, name=name, description=description, **COMPLIANCE[slug]),
+            owner=owner,
         )
         for role, actions in GRANTS.items():
             services.family_grant(family=family, to=users[role], actions=actions)
+
+
+def create_demo_models(users: dict[Role, Any]) -> None:
+    """Train the demo models for real and take them through the lifecycle: version 1 of each
+    family approved and in production, credit-risk 2.0.0 waiting in the approval queue."""
+    import io
+
+    from apps.registry import demo_training
+    from apps.registry.models import ModelVersion, VersionStatus
+    from apps.registry.schemas import VersionMetadata
+
+    owner, approver = users[Role.MODEL_OWNER], users[Role.APPROVER]
+    plan = [
+        (demo_training.train_credit_v1, "production"),
+        (demo_training.train_digits_v1, "production"),
+        (demo_training.train_credit_v2, "queue"),
+    ]
+    for train, goal in plan:
+        trained = train()
+        family = ModelFamily.objects.get(slug=trained.family)
+        if ModelVersion.objects.filter(family=family, version=trained.version).exists():
+            continue
+        metadata = VersionMetadata(
+            version=trained.version,
+            framework="torch_state_dict",
+            architecture=trained.architecture,
+            architecture_kwargs=trained.architecture_kwargs,
+            signature=trained.signature,
+            description=trained.description,
+            intended_use=trained.intended_use,
+            limitations=trained.limitations,
+            ethical_considerations=trained.ethical_considerations,
+            dataset_name=trained.dataset_name,
+            dataset_version=trained.dataset_version,
+            dataset_sha256=trained.dataset_sha256,
+            training_subject_refs=trained.training_subject_refs,
+        )
+        version = services.version_register(
+            family=family,
+            user=owner,
+            metadata=metadata,
+            artifact=io.BytesIO(trained.state_dict),
+            validation=io.BytesIO(trained.validation_csv),
+        )
+        services.version_validate(version=version, user=owner)
+        version.refresh_from_db()
+        if version.status != VersionStatus.VALIDATED or goal == "queue":
+            continue
+        services.version_approve(
+            version=version,
+            user=approver,
+            reason="Demo: held-out metrics and fairness within the promotion policy.",
+        )
+        services.version_deploy(
+            version=version,
+            user=owner,
+            target="production",
+            reason="Demo: first production version.",
+        )

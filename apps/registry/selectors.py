@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
 
-from apps.registry.models import ModelFamily
+from apps.registry.models import (
+    GateResult,
+    ModelFamily,
+    ModelVersion,
+    VersionStatus,
+    VersionTransition,
+)
 from apps.registry.permissions import FamilyAction
 from gatehouse.errors import NotFound, PermissionDenied
 from gatehouse.models import ApiKey
@@ -78,3 +84,69 @@ def family_permission_checker(
 def family_choices(user: Any) -> list[tuple[str, str]]:
     """(slug, name) of the families a user may scope an API key to."""
     return [(f.slug, f.name) for f in family_list(user=user)]
+
+
+def version_list(*, family: ModelFamily) -> QuerySet[ModelVersion]:
+    """The versions of a family the caller was already allowed to see (see family_get)."""
+    return family.versions.select_related("created_by").order_by("-created_at")
+
+
+def version_get(
+    *,
+    user: Any,
+    slug: str,
+    version: str,
+    action: FamilyAction = FamilyAction.VIEW,
+    key: ApiKey | None = None,
+) -> ModelVersion:
+    family = family_get(user=user, slug=slug, action=action, key=key)
+    found = (
+        ModelVersion.objects.select_related("family", "created_by")
+        .filter(family=family, version=version)
+        .first()
+    )
+    if found is None:
+        raise NotFound(f"'{slug}' has no version {version}.")
+    return found
+
+
+def version_detail(*, version: ModelVersion) -> tuple[list[GateResult], list[VersionTransition]]:
+    return (
+        list(version.gates.all()),
+        list(version.transitions.select_related("actor").order_by("at", "pk")),
+    )
+
+
+def approval_queue(*, user: Any) -> list[ModelVersion]:
+    """Validated versions awaiting a decision that ``user`` may take (not their own)."""
+    families = family_list(user=user, action=FamilyAction.APPROVE)
+    return list(
+        ModelVersion.objects.select_related("family", "created_by")
+        .filter(family__in=families, status=VersionStatus.VALIDATED)
+        .exclude(created_by=user)
+        .order_by("created_at")
+    )
+
+
+def production_version(*, family: ModelFamily) -> ModelVersion | None:
+    return family.versions.filter(status=VersionStatus.PRODUCTION).first()
+
+
+def production_history(*, family: ModelFamily) -> list[tuple[str, Any, Any]]:
+    """(version, since, until) for every period a version of ``family`` was in production."""
+    spans: list[tuple[str, Any, Any]] = []
+    open_spans: dict[int, tuple[str, Any]] = {}
+    transitions = (
+        VersionTransition.objects.filter(version__family=family)
+        .filter(Q(to_status=VersionStatus.PRODUCTION) | Q(from_status=VersionStatus.PRODUCTION))
+        .select_related("version")
+        .order_by("at", "pk")
+    )
+    for t in transitions:
+        if t.to_status == VersionStatus.PRODUCTION:
+            open_spans[t.version_id] = (t.version.version, t.at)
+        elif t.version_id in open_spans:
+            name, since = open_spans.pop(t.version_id)
+            spans.append((name, since, t.at))
+    spans.extend((name, since, None) for name, since in open_spans.values())
+    return sorted(spans, key=lambda span: span[1])

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from gatehouse.demo import demo_setup
+from gatehouse.demo import seed_demo
 
 
 class Command(BaseCommand):
@@ -25,11 +25,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        logins = demo_setup(reset=options["reset"], password=options["password"])
+        logins = seed_demo(reset=options["reset"], password=options["password"])
         if not logins:
             self.stdout.write(
                 "Demo users exist already; their logins were printed when they "
-                "were created. New ones: manage.py demo_setup --reset"
+                "were created. New ones: manage.py seed_demo --reset"
             )
             return
         self.stdout.write(self.style.SUCCESS("Demo logins (shown once, keep them):"))
