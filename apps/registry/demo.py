@@ -65,8 +65,9 @@ def create_demo_models(users: dict[Role, Any]) -> None:
     import io
 
     from apps.registry import demo_training
-    from apps.registry.models import ModelVersion, VersionStatus
+    from apps.registry.models import Framework, ModelVersion, VersionStatus
     from apps.registry.schemas import VersionMetadata
+    from apps.registry.signature import Signature
 
     owner, approver = users[Role.MODEL_OWNER], users[Role.APPROVER]
     plan = [
@@ -81,10 +82,10 @@ def create_demo_models(users: dict[Role, Any]) -> None:
             continue
         metadata = VersionMetadata(
             version=trained.version,
-            framework="torch_state_dict",
+            framework=Framework.STATE_DICT,
             architecture=trained.architecture,
             architecture_kwargs=trained.architecture_kwargs,
-            signature=trained.signature,
+            signature=Signature.model_validate(trained.signature),
             description=trained.description,
             intended_use=trained.intended_use,
             limitations=trained.limitations,
