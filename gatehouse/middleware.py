@@ -15,8 +15,7 @@ from django.shortcuts import redirect
 
 from gatehouse.errors import OTPRequired
 from gatehouse.logging import request_id_var
-from gatehouse.otp import OTP_PENDING_KEY, has_confirmed_device, is_verified
-from gatehouse.roles import user_requires_otp
+from gatehouse.otp import has_confirmed_device, otp_pending
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
@@ -93,13 +92,8 @@ class OTPEnforcementMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        user = request.user
-        if (
-            user.is_authenticated
-            and not is_verified(user)
-            and (user_requires_otp(user) or request.session.get(OTP_PENDING_KEY))
-            and not self._exempt(request)
-        ):
+        if otp_pending(request) and not self._exempt(request):
+            user = request.user
             if request.path.startswith("/api/"):
                 error = OTPRequired()
                 return JsonResponse(error.as_dict(), status=error.status_code)

@@ -24,6 +24,18 @@ def is_verified(user: Any) -> bool:
     return bool(check()) if callable(check) else False
 
 
+def otp_pending(request: HttpRequest) -> bool:
+    """Whether the signed-in user still owes a second factor in this session."""
+    from gatehouse.roles import user_requires_otp
+
+    user = request.user
+    return (
+        user.is_authenticated
+        and not is_verified(user)
+        and (user_requires_otp(user) or bool(request.session.get(OTP_PENDING_KEY)))
+    )
+
+
 def has_confirmed_device(user: Any) -> bool:
     return any(True for _ in devices_for_user(user, confirmed=True))
 
@@ -58,19 +70,39 @@ def backup_codes_create(user: Any) -> list[str]:
     return codes
 
 
-def verify_session(request: HttpRequest, token: str) -> bool:
+def verify_session(request: HttpRequest, token: str) -> str | None:
     """Check ``token`` against the user's devices; on success mark the session verified.
 
-    TOTP codes are refused a second time (django-otp keeps the last used time step), backup
-    codes are deleted when used, and failures are throttled per device.
+    Returns None on success, else the message to show. TOTP codes are refused a second time
+    (django-otp keeps the last used time step), backup codes are deleted when used, and
+    failures are throttled per device (each failure doubles the wait).
     """
     user = request.user
     device = match_token(user, token.strip().replace(" ", ""))
-    if device is None:
-        security_log.warning("otp failed user_id=%s", user.pk)
-        return False
-    _login(request, device)
-    return True
+    if device is not None:
+        _login(request, device)
+        return None
+    security_log.warning("otp failed user_id=%s", user.pk)
+    message = "This code is not valid, or was used already."
+    wait = _throttle_wait_s(user)
+    if wait:
+        message += (
+            f" After a failed code, checks pause for {wait} s (longer after each "
+            "failure); an unused code stays valid."
+        )
+    return message
+
+
+def _throttle_wait_s(user: Any) -> int:
+    from django.utils import timezone
+
+    waits = []
+    for device in devices_for_user(user, confirmed=True):
+        allowed, data = device.verify_is_allowed()
+        locked_until = (data or {}).get("locked_until") if not allowed else None
+        if locked_until:
+            waits.append(max(1, int((locked_until - timezone.now()).total_seconds()) + 1))
+    return min(waits) if waits else 0
 
 
 def confirm_enrolment(request: HttpRequest, device: TOTPDevice, token: str) -> bool:

@@ -77,9 +77,10 @@ def otp_verify(request: HttpRequest) -> HttpResponse:
         return redirect("otp_setup")
     form = OTPTokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        if otp.verify_session(request, form.cleaned_data["token"]):
+        problem = otp.verify_session(request, form.cleaned_data["token"])
+        if problem is None:
             return redirect(_safe_next(request))
-        form.add_error("token", "This code is not valid, or was used already.")
+        form.add_error("token", problem)
     return render(request, "gatehouse/otp_verify.html", {"form": form, "next": _safe_next(request)})
 
 

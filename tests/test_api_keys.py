@@ -172,7 +172,9 @@ def test_the_ui_names_the_bad_field(make_user):
 
 def test_a_key_without_the_view_action_cannot_list_families(client, api_key):
     _, raw = api_key(actions=("predict",))
-    assert client.get("/api/v1/registry/families", **bearer(raw)).json() == []
+    response = client.get("/api/v1/registry/families", **bearer(raw))
+    assert response.status_code == 403
+    assert response.json()["code"] == "key_scope"
 
 
 def test_a_key_cannot_list_keys_and_can_revoke_only_itself(client, api_key):

@@ -496,3 +496,30 @@ async def test_a_session_past_its_idle_timeout_cannot_open_a_socket(make_user):
     connected, code = await _socket(session_key).connect()
     assert not connected
     assert code == CLOSE_FORBIDDEN
+
+
+@pytest.mark.django_db
+def test_a_user_owing_a_second_factor_sees_no_navigation_and_no_socket(
+    client, make_user, totp_device
+):
+    user = make_user(Role.APPROVER)
+    totp_device(user)
+    login(client, user)
+    page = client.get(VERIFY).content.decode()
+    assert "second factor required" in page
+    assert "ws-connect" not in page
+    assert 'aria-label="Main"' not in page
+
+
+@pytest.mark.django_db
+def test_a_throttled_check_says_that_an_unused_code_stays_valid(client, make_user):
+    user = make_user(Role.COMPLIANCE_OFFICER)
+    codes = otp.backup_codes_create(user)
+    login(client, user)
+    client.post(VERIFY, {"token": "wrongcode"})
+    page = client.post(VERIFY, {"token": codes[0]}).content.decode()
+    assert "an unused code stays valid" in page
+    from django_otp.plugins.otp_static.models import StaticDevice
+
+    StaticDevice.objects.get(user=user).throttle_reset()
+    assert_redirects_to(client.post(VERIFY, {"token": codes[0]}), "/")

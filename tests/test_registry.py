@@ -378,3 +378,15 @@ def test_the_store_writes_atomically_and_by_content(tmp_path):
     assert first == second
     assert store.read_verified(first.sha256) == b"abc"
     assert not list(tmp_path.glob(".incoming-*"))
+
+
+def test_records_of_processing_are_generated_for_compliance_only(
+    family, owner, make_user, verified_client
+):
+    register(family, owner)
+    officer = make_user(Role.COMPLIANCE_OFFICER)
+    (record,) = verified_client(officer).get("/api/v1/registry/records-of-processing").json()
+    assert record["family"] == "credit-risk"
+    assert record["legal_basis"].startswith("Consent")
+    assert record["personal_data_features"] == ["age", "sex"]
+    assert verified_client(owner).get("/api/v1/registry/records-of-processing").status_code == 403

@@ -121,14 +121,14 @@ def create_family(request: HttpRequest, payload: FamilyIn) -> Status[FamilyOut]:
 
 @router.get("/families/{slug}", response={200: FamilyOut, **ERRORS})
 def get_family(request: HttpRequest, slug: str) -> FamilyOut:
-    require_key_scope(request, action="view", family=slug)
+    require_key_scope(request, action="view")
     family = selectors.family_get(user=request.user, slug=slug, key=api_key_of(request))
     return _family_out(request, family)
 
 
 @router.get("/families/{slug}/versions", response={200: list[VersionOut], **ERRORS})
 def list_versions(request: HttpRequest, slug: str) -> list[VersionOut]:
-    require_key_scope(request, action="view", family=slug)
+    require_key_scope(request, action="view")
     family = selectors.family_get(user=request.user, slug=slug, key=api_key_of(request))
     return [_version_out(v) for v in selectors.version_list(family=family)]
 
@@ -144,7 +144,7 @@ def register_version(
     """Register a version: multipart with ``artifact`` (weights or TorchScript),
     ``validation`` (held-out CSV: one column per feature and ``label``) and ``metadata``
     (JSON: version, framework, architecture, signature, model card, lineage)."""
-    require_key_scope(request, action="manage", family=slug)
+    require_key_scope(request, action="manage")
     family = selectors.family_get(
         user=request.user, slug=slug, action=FamilyAction.MANAGE, key=api_key_of(request)
     )
@@ -174,7 +174,7 @@ def register_version(
 
 @router.get("/families/{slug}/versions/{version}", response={200: VersionOut, **ERRORS})
 def get_version(request: HttpRequest, slug: str, version: str) -> VersionOut:
-    require_key_scope(request, action="view", family=slug)
+    require_key_scope(request, action="view")
     found = selectors.version_get(
         user=request.user, slug=slug, version=version, key=api_key_of(request)
     )
@@ -186,7 +186,7 @@ def get_version(request: HttpRequest, slug: str, version: str) -> VersionOut:
 )
 def validate_version(request: HttpRequest, slug: str, version: str) -> VersionOut:
     """Run the promotion gates of the family's risk class."""
-    require_key_scope(request, action="manage", family=slug)
+    require_key_scope(request, action="manage")
     found = selectors.version_get(
         user=request.user,
         slug=slug,
@@ -230,7 +230,7 @@ def reject_version(request: HttpRequest, slug: str, version: str, payload: Reaso
 )
 def deploy_version(request: HttpRequest, slug: str, version: str, payload: DeployIn) -> Any:
     """Deploy an approved version to staging or production."""
-    require_key_scope(request, action="manage", family=slug)
+    require_key_scope(request, action="manage")
     found = selectors.version_get(
         user=request.user,
         slug=slug,
@@ -249,7 +249,7 @@ def deploy_version(request: HttpRequest, slug: str, version: str, payload: Deplo
     "/families/{slug}/versions/{version}/retire", response={200: VersionOut, **WRITE_ERRORS}
 )
 def retire_version(request: HttpRequest, slug: str, version: str, payload: ReasonIn) -> Any:
-    require_key_scope(request, action="manage", family=slug)
+    require_key_scope(request, action="manage")
     found = selectors.version_get(
         user=request.user,
         slug=slug,
@@ -267,7 +267,7 @@ def retire_version(request: HttpRequest, slug: str, version: str, payload: Reaso
 )
 def production_history(request: HttpRequest, slug: str) -> list[ProductionSpanOut]:
     """Which version was in production, and when."""
-    require_key_scope(request, action="view", family=slug)
+    require_key_scope(request, action="view")
     family = selectors.family_get(user=request.user, slug=slug, key=api_key_of(request))
     return [
         ProductionSpanOut(version=name, since=since, until=until)
@@ -280,3 +280,12 @@ def approval_queue(request: HttpRequest) -> list[VersionOut]:
     """Versions waiting for the caller's approval decision."""
     require_verified_session(request)
     return [_version_out(v) for v in selectors.approval_queue(user=request.user)]
+
+
+@router.get(
+    "/records-of-processing", response={200: list[dict[str, Any]], 401: ErrorOut, 403: ErrorOut}
+)
+def records_of_processing(request: HttpRequest) -> list[dict[str, Any]]:
+    """GDPR Art. 30 records of processing for every family (compliance officers, admins)."""
+    require_verified_session(request)
+    return selectors.records_of_processing(user=request.user)

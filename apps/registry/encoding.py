@@ -2,7 +2,9 @@
 
 Self-contained (numpy only): it is shipped inside TorchServe archives so that the in-process
 backend and TorchServe encode identically. Numbers pass through, booleans become 0/1 and
-categories are one-hot encoded in the order of their allowed values.
+categories are one-hot encoded in the order of their allowed values. Features marked
+``model_input: false`` (protected attributes kept for fairness measurement) are validated but
+never encoded.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ import numpy as np
 NUMERIC = ("float", "int")
 
 
+def model_inputs(signature: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The features that are fed to the model, in signature order."""
+    return [f for f in signature["features"] if f.get("model_input", True)]
+
+
 def input_width(signature: Mapping[str, Any]) -> int:
-    return sum(len(f["allowed"]) if f["type"] == "category" else 1 for f in signature["features"])
+    return sum(len(f["allowed"]) if f["type"] == "category" else 1 for f in model_inputs(signature))
 
 
 def input_columns(signature: Mapping[str, Any]) -> list[str]:
     """Names of the encoded columns, e.g. ``age`` or ``housing=own``."""
     columns: list[str] = []
-    for feature in signature["features"]:
+    for feature in model_inputs(signature):
         if feature["type"] == "category":
             columns.extend(f"{feature['name']}={value}" for value in feature["allowed"])
         else:
@@ -33,10 +40,11 @@ def input_columns(signature: Mapping[str, Any]) -> list[str]:
 
 def encode(signature: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """A float32 array of shape (len(rows), input_width). Rows must be valid (see check_row)."""
+    features = model_inputs(signature)
     out = np.zeros((len(rows), input_width(signature)), dtype=np.float32)
     for i, row in enumerate(rows):
         col = 0
-        for feature in signature["features"]:
+        for feature in features:
             value = row[feature["name"]]
             if feature["type"] == "category":
                 out[i, col + feature["allowed"].index(str(value))] = 1.0

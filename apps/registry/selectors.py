@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 from guardian.core import ObjectPermissionChecker
-from guardian.shortcuts import get_objects_for_user
+from guardian.shortcuts import get_groups_with_perms, get_objects_for_user, get_users_with_perms
 
 from apps.registry.models import (
     GateResult,
@@ -150,3 +150,80 @@ def production_history(*, family: ModelFamily) -> list[tuple[str, Any, Any]]:
             spans.append((name, since, t.at))
     spans.extend((name, since, None) for name, since in open_spans.values())
     return sorted(spans, key=lambda span: span[1])
+
+
+def records_of_processing(*, user: Any) -> list[dict[str, Any]]:
+    """GDPR Art. 30 records of processing, generated from the registry (compliance, admin)."""
+    from gatehouse.roles import Role, has_role
+
+    if not has_role(user, Role.COMPLIANCE_OFFICER, Role.ADMIN):
+        raise PermissionDenied("Records of processing are for compliance officers.")
+    production = dict(
+        ModelVersion.objects.filter(status=VersionStatus.PRODUCTION).values_list(
+            "family_id", "version"
+        )
+    )
+    return [
+        {
+            "family": f.slug,
+            "name": f.name,
+            "controller_contact": f.owner.email or f.owner.get_username(),
+            "purposes": f.purposes,
+            "legal_basis": f.get_legal_basis_display() if f.legal_basis else "",
+            "consent_purpose": f.consent_purpose,
+            "risk_class": f.risk_class,
+            "retention_days": f.retention_days,
+            "personal_data_features": sorted(
+                {
+                    feat["name"]
+                    for v in f.versions.all()
+                    for feat in v.signature["features"]
+                    if feat.get("pii") or feat.get("protected")
+                }
+            ),
+            "production_version": production.get(f.pk),
+        }
+        for f in ModelFamily.objects.select_related("owner").prefetch_related("versions")
+    ]
+
+
+def family_permission_holders(*, family: ModelFamily) -> list[dict[str, Any]]:
+    """Per action: the users and groups holding it on ``family`` (object permissions)."""
+    by_codename: dict[str, dict[str, list[str]]] = {
+        a.codename: {"users": [], "groups": []} for a in FamilyAction
+    }
+    users: dict[Any, list[str]] = get_users_with_perms(  # type: ignore[assignment]
+        family, attach_perms=True, with_group_users=False
+    )
+    groups: dict[Any, list[str]] = get_groups_with_perms(  # type: ignore[assignment]
+        family, attach_perms=True
+    )
+    for user, perms in users.items():
+        for codename in perms:
+            if codename in by_codename:
+                by_codename[codename]["users"].append(user.get_username())
+    for group, perms in groups.items():
+        for codename in perms:
+            if codename in by_codename:
+                by_codename[codename]["groups"].append(group.name)
+    return [
+        {
+            "action": action.value,
+            "users": sorted(by_codename[action.codename]["users"]),
+            "groups": sorted(by_codename[action.codename]["groups"]),
+        }
+        for action in FamilyAction
+    ]
+
+
+def version_previous(*, version: ModelVersion) -> ModelVersion | None:
+    """The family's next older version by creation time, if any."""
+    return (
+        ModelVersion.objects.filter(family_id=version.family_id)
+        .filter(
+            Q(created_at__lt=version.created_at)
+            | Q(created_at=version.created_at, pk__lt=version.pk)
+        )
+        .order_by("-created_at", "-pk")
+        .first()
+    )

@@ -37,7 +37,7 @@ S = VersionStatus
 
 # The lifecycle: which status may follow which.
 ALLOWED: dict[str, set[str]] = {
-    S.REGISTERED: {S.VALIDATED, S.REJECTED, S.RETIRED, S.RETRAIN_REQUIRED},
+    S.REGISTERED: {S.VALIDATED, S.RETIRED, S.RETRAIN_REQUIRED},
     S.VALIDATED: {S.APPROVED, S.REJECTED, S.RETIRED, S.RETRAIN_REQUIRED},
     S.APPROVED: {S.STAGING, S.PRODUCTION, S.RETIRED, S.RETRAIN_REQUIRED},
     S.STAGING: {S.PRODUCTION, S.APPROVED, S.RETIRED, S.RETRAIN_REQUIRED},
@@ -56,7 +56,10 @@ def _require(user: Any, family: ModelFamily, action: FamilyAction) -> None:
 def _transition(
     version: ModelVersion, to: str, *, actor: Any | None, reason: str = ""
 ) -> ModelVersion:
-    current = version.status
+    # Re-read under a row lock: two concurrent approvals or deployments cannot both pass.
+    current = (
+        ModelVersion.objects.select_for_update().values_list("status", flat=True).get(pk=version.pk)
+    )
     if to not in ALLOWED[current]:
         raise Conflict(
             f"{version} is {VersionStatus(current).label.lower()}; it cannot become "
@@ -78,7 +81,7 @@ def _transition(
 @transaction.atomic
 def family_create(*, data: FamilyIn, owner: Any) -> ModelFamily:
     """A new family owned by ``owner`` (a model owner), who gets view and manage on it."""
-    if not (owner.has_perm("registry.add_modelfamily") or has_role(owner, Role.ADMIN)):
+    if not has_role(owner, Role.MODEL_OWNER, Role.ADMIN):
         raise PermissionDenied("Only model owners may create model families.")
     if ModelFamily.objects.filter(slug=data.slug).exists():
         raise Conflict(f"A model family '{data.slug}' exists already.")
@@ -275,6 +278,11 @@ def version_reject(*, version: ModelVersion, user: Any, reason: str) -> ModelVer
     _four_eyes(version, user)
     if not reason.strip():
         raise ValidationFailed.for_field("reason", "A written reason is required.")
+    if version.status != S.VALIDATED:
+        raise Conflict(
+            f"{version} is {version.status}; only validated versions are rejected.",
+            code="invalid_transition",
+        )
     return _transition(version, S.REJECTED, actor=user, reason=reason.strip())
 
 
@@ -307,7 +315,9 @@ def version_deploy(
 @transaction.atomic
 def version_retire(*, version: ModelVersion, user: Any, reason: str) -> ModelVersion:
     _require(user, version.family, FamilyAction.MANAGE)
-    return _transition(version, S.RETIRED, actor=user, reason=reason)
+    if not reason.strip():
+        raise ValidationFailed.for_field("reason", "A written reason is required.")
+    return _transition(version, S.RETIRED, actor=user, reason=reason.strip())
 
 
 @transaction.atomic
@@ -342,7 +352,7 @@ def version_package(*, version_id: int) -> ModelVersion:
         )
         with mar.open("rb") as handle:
             stored = store.put(handle, max_bytes=settings.ARTIFACT_MAX_BYTES * 2, field="mar")
-    ModelVersion.objects.filter(pk=version.pk).update(mar_sha256=stored.sha256)
     version.mar_sha256 = stored.sha256
+    version.save(update_fields=["mar_sha256", "updated_at"])  # a save, so it is audited
     logger.info("version %s packaged for TorchServe: %s", version, stored.sha256)
     return version

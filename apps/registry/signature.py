@@ -32,6 +32,9 @@ class Feature(BaseModel):
     allowed: list[str] | None = Field(default=None, min_length=1, max_length=200)
     pii: bool = False
     protected: bool = False
+    # False for a protected attribute that is collected to measure fairness but never fed to
+    # the model (fairness through unawareness, with the means to check it).
+    model_input: bool = True
     # For a numeric protected feature: the edges of its fairness groups, e.g. age [25, 40].
     group_edges: list[float] | None = None
 
@@ -50,6 +53,8 @@ class Feature(BaseModel):
             raise ValueError(f"{self.name}: only numbers have a minimum or maximum")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"{self.name}: minimum is above maximum")
+        if not self.model_input and not self.protected:
+            raise ValueError(f"{self.name}: only protected attributes may be non-inputs")
         if self.group_edges is not None:
             if self.type not in (FeatureType.FLOAT, FeatureType.INT) or not self.protected:
                 raise ValueError(f"{self.name}: group edges belong to numeric protected features")
