@@ -390,3 +390,25 @@ def test_records_of_processing_are_generated_for_compliance_only(
     assert record["legal_basis"].startswith("Consent")
     assert record["personal_data_features"] == ["age", "sex"]
     assert verified_client(owner).get("/api/v1/registry/records-of-processing").status_code == 403
+
+
+@pytest.mark.slow
+def test_an_approved_version_is_packaged_for_torchserve_beside_its_artifact(
+    family, owner, approver, monkeypatch
+):
+    import zipfile
+
+    monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
+    version = _approved(family, owner, approver, "1.0.0")
+    services.version_package(version_id=version.pk)
+    version.refresh_from_db()
+    assert version.mar_sha256
+    archive = ArtifactStore().read_verified(version.mar_sha256)
+    import io
+
+    names = zipfile.ZipFile(io.BytesIO(archive)).namelist()
+    assert {"encoding.py", "architectures.py", "gatehouse_model.json"} <= {
+        n.rsplit("/", 1)[-1] for n in names
+    }
+    again = services.version_package(version_id=version.pk)  # idempotent
+    assert again.mar_sha256 == version.mar_sha256
