@@ -182,5 +182,8 @@ def revoke_key(request: HttpRequest, key_id: int) -> Any:
 
 
 api.add_router("/", platform_router)
-for _prefix, _router in (("/registry/", "apps.registry.api.router"),):
+for _prefix, _router in (
+    ("/registry/", "apps.registry.api.router"),
+    ("/", "apps.inference.api.router"),
+):
     api.add_router(_prefix, _router)

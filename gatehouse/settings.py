@@ -323,6 +323,8 @@ API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", not PRODUCTION)
 
 # --- Model registry ------------------------------------------------------------------------------
 ARTIFACT_STORE_DIR = Path(env_str("ARTIFACT_STORE_DIR", str(VAR_DIR / "artifacts")))
+# Promotion gates per risk class (TOML); default: apps/registry/policies/promotion.toml.
+REGISTRY_POLICY_FILE = env_str("REGISTRY_POLICY_FILE", "")
 ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 200 * 1024 * 1024)
 VALIDATION_MAX_BYTES = env_int("VALIDATION_MAX_BYTES", 20 * 1024 * 1024)
 # Uploads stream to temporary files above this size instead of memory.

@@ -27,4 +27,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("registry/", include("apps.registry.urls")),
+    path("predict/", include("apps.inference.urls")),
 ]

@@ -228,6 +228,8 @@ def test_the_version_page_shows_signature_metrics_gates_lineage_and_history(
         assert text in page, text
     assert "subject-1" not in page  # lineage keeps a count, never the subjects
     assert "No action is open to you" in page  # a viewer may do nothing here
+    assert "your rights on this family (view, predict)" in page  # not the status
+    assert "while it is validated" not in page
     assert outsider_client.get(VERSION).status_code == 404
     assert owner_client.get(f"{FAMILY}versions/9.9.9/").status_code == 404
 
@@ -283,7 +285,59 @@ def test_a_signature_the_schema_refuses_is_shown_with_its_path(owner_client, fam
 def test_a_bad_version_number_is_shown_on_its_field(owner_client, family):
     response = owner_client.post(f"{FAMILY}register/", form_data(version="one"))
     assert response.status_code == 422
-    assert "version" in response.context["form"].errors
+    assert response.context["form"].errors["version"] == [
+        "must be a semantic version such as 1.2.0"
+    ]
+
+
+def test_patterns_are_explained_in_words_not_regular_expressions(owner_client, family):
+    response = owner_client.post(
+        f"{FAMILY}register/", form_data(version="abc", dataset_sha256="XYZ")
+    )
+    assert response.status_code == 422
+    errors = response.context["form"].errors
+    assert errors["version"] == ["must be a semantic version such as 1.2.0"]
+    assert errors["dataset_sha256"] == ["must be 64 lowercase hex characters (a SHA-256)"]
+    page = response.content.decode()
+    assert "should match pattern" not in page
+    assert "[1-9]" not in page
+
+
+def test_metadata_errors_show_in_one_round_even_without_the_files(owner_client, family):
+    data = form_data(version="abc", dataset_sha256="XYZ", signature="{not json")
+    del data["artifact"], data["validation"]
+    response = owner_client.post(f"{FAMILY}register/", data)
+    assert response.status_code == 422
+    errors = response.context["form"].errors
+    assert set(errors) == {"version", "dataset_sha256", "signature", "artifact", "validation"}
+    assert errors["version"] == ["must be a semantic version such as 1.2.0"]
+    assert errors["signature"][0].startswith("Not valid JSON")  # one message, no "required"
+    assert len(errors["signature"]) == 1
+    assert "Choose the files again: browsers do not keep them" in response.content.decode()
+    assert ModelVersion.objects.count() == 0
+
+
+def test_the_file_hint_appears_only_after_an_error(owner_client, family):
+    page = owner_client.get(f"{FAMILY}register/").content.decode()
+    assert "Choose the files again" not in page
+    response = owner_client.post(f"{FAMILY}register/", form_data(version="one"))
+    assert "Choose the files again: browsers do not keep them" in response.content.decode()
+
+
+def test_the_form_defaults_agree_and_the_architecture_follows_the_framework(owner_client, family):
+    form = owner_client.get(f"{FAMILY}register/").context["form"]
+    assert (form["framework"].value(), form["architecture"].value()) == (
+        "torch_state_dict",
+        "logistic_regression",
+    )
+    assert "state_dict" in form.fields["architecture"].help_text
+    response = owner_client.post(f"{FAMILY}register/", form_data(architecture=""))
+    assert response.status_code == 422
+    assert "Choose the architecture" in response.context["form"].errors["architecture"][0]
+    response = owner_client.post(f"{FAMILY}register/", form_data(framework="torchscript"))
+    assert response.status_code == 422
+    assert "Choose none for TorchScript" in response.context["form"].errors["architecture"][0]
+    assert ModelVersion.objects.count() == 0
 
 
 def test_a_file_that_is_not_a_model_is_shown_on_the_artifact_field(owner_client, family, settings):
@@ -291,10 +345,35 @@ def test_a_file_that_is_not_a_model_is_shown_on_the_artifact_field(owner_client,
     assert response.status_code == 422
     errors = response.context["form"].errors
     assert "artifact" in errors, errors
-    assert "is not a loadable" in errors["artifact"][0]
+    assert errors["artifact"] == ["is not a torch state_dict (torch.save of model.state_dict())"]
+    page = response.content.decode()
+    for internal in ("Error", "PytorchStreamReader", "weights_only", "miniz"):
+        assert internal not in page, internal
     assert ModelVersion.objects.count() == 0
     root = settings.ARTIFACT_STORE_DIR
     assert not root.exists() or not [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_artifact_errors_are_short_and_the_cause_is_logged(owner_client, family, caplog):
+    from apps.registry.architectures import LogisticRegression
+
+    caplog.set_level("INFO", logger="apps.registry.loading")
+    response = owner_client.post(
+        f"{FAMILY}register/",
+        form_data(framework="torchscript", architecture="", artifact=b"not a model"),
+    )
+    assert response.status_code == 422
+    assert response.context["form"].errors["artifact"] == ["is not a TorchScript archive"]
+    assert "PytorchStreamReader" in caplog.text  # the technical detail, for the logs
+    assert "not a model" not in caplog.text  # never the data
+
+    wrong_width = state_dict_bytes(LogisticRegression(n_inputs=9))
+    response = owner_client.post(f"{FAMILY}register/", form_data(artifact=wrong_width))
+    assert response.status_code == 422
+    (message,) = response.context["form"].errors["artifact"]
+    assert message.startswith("does not match architecture logistic_regression with these kwargs:")
+    assert "linear.weight (2x9 instead of 2x7)" in message
+    assert "RuntimeError" not in message
 
 
 def test_a_duplicate_version_is_shown_on_the_version_field(owner_client, family, owner):
@@ -361,7 +440,10 @@ def test_a_verified_approver_approves_with_a_reason(approver_client, family, own
     assert f'action="{VERSION}approve/"' in page
     response = approver_client.post(f"{VERSION}approve/", {"approve-reason": ""})
     assert response.status_code == 422
-    assert "A written reason is required." in response.content.decode()
+    page = response.content.decode()
+    assert page.count("A written reason is required.") == 1  # once, on the field
+    assert "reason:" not in page
+    assert "This field is required." not in page
     assert status_of() == VersionStatus.VALIDATED
     response = approver_client.post(f"{VERSION}approve/", {"approve-reason": "within policy"})
     assert response.status_code == 302
@@ -369,6 +451,29 @@ def test_a_verified_approver_approves_with_a_reason(approver_client, family, own
     assert version.status == VersionStatus.APPROVED
     last = version.transitions.last()
     assert (last.actor, last.reason) == (approver, "within policy")
+
+
+def test_an_empty_reason_is_shown_once_on_its_field_in_the_htmx_panel(
+    approver_client, owner_client, family, owner, approver
+):
+    validated(family, owner)
+    response = approver_client.post(f"{VERSION}reject/", {"reject-reason": "  "}, **HTMX)
+    assert response.status_code == 422
+    page = response.content.decode()
+    assert page.lstrip().startswith('<section id="actions"')
+    assert page.count("A written reason is required.") == 1
+    assert 'id="id_reject-reason_error"' in page
+    assert 'class="errors"' not in page
+    assert status_of() == VersionStatus.VALIDATED
+
+    services.version_approve(
+        version=ModelVersion.objects.get(), user=approver, reason="within policy"
+    )
+    response = owner_client.post(f"{VERSION}retire/", {"retire-reason": ""})
+    assert response.status_code == 422
+    page = response.content.decode()
+    assert page.count("A written reason is required.") == 1
+    assert "reason:" not in page
 
 
 def test_a_verified_approver_rejects_with_a_reason(approver_client, family, owner):

@@ -71,15 +71,15 @@ def create_demo_models(users: dict[Role, Any]) -> None:
 
     owner, approver = users[Role.MODEL_OWNER], users[Role.APPROVER]
     plan = [
-        (demo_training.train_credit_v1, "production"),
-        (demo_training.train_digits_v1, "production"),
-        (demo_training.train_credit_v2, "queue"),
+        ("credit-risk", "1.0.0", demo_training.train_credit_v1, "production"),
+        ("digits", "1.0.0", demo_training.train_digits_v1, "production"),
+        ("credit-risk", "2.0.0", demo_training.train_credit_v2, "queue"),
     ]
-    for train, goal in plan:
+    for slug, number, train, goal in plan:
+        family = ModelFamily.objects.get(slug=slug)
+        if ModelVersion.objects.filter(family=family, version=number).exists():
+            continue  # trained on an earlier run: no retraining
         trained = train()
-        family = ModelFamily.objects.get(slug=trained.family)
-        if ModelVersion.objects.filter(family=family, version=trained.version).exists():
-            continue
         metadata = VersionMetadata(
             version=trained.version,
             framework=Framework.STATE_DICT,

@@ -64,8 +64,9 @@ def check_row(signature: Mapping[str, Any], row: Mapping[str, Any]) -> list[tupl
     for feature in signature["features"]:
         name = feature["name"]
         if name not in row or row[name] is None:
-            problems.append((name, "is required"))
-            continue
+            if feature.get("model_input", True):
+                problems.append((name, "is required"))
+            continue  # a fairness-only attribute may be left out
         value = row[name]
         kind = feature["type"]
         if kind == "category":

@@ -46,16 +46,19 @@ class VersionRegistrationForm(forms.Form):
     version = forms.CharField(
         max_length=40, help_text="Semantic version, e.g. 1.2.0.", widget=forms.TextInput()
     )
-    framework = forms.ChoiceField(choices=Framework.choices)
+    framework = forms.ChoiceField(choices=Framework.choices, initial=Framework.STATE_DICT)
     architecture = forms.ChoiceField(
         required=False,
-        help_text="For torch eager weights: the architecture the state_dict belongs to.",
+        initial="logistic_regression",
+        help_text="Torch eager (state_dict) only: the architecture the weights belong to. "
+        "Choose none for TorchScript, whose file carries its own.",
     )
     architecture_kwargs = forms.CharField(
         required=False,
         label="Architecture arguments (JSON)",
         widget=_textarea(3, spellcheck="false"),
-        help_text='A JSON object, e.g. {"n_inputs": 7, "n_classes": 2}.',
+        help_text='Torch eager (state_dict) only: a JSON object, e.g. {"n_inputs": 7, '
+        '"n_classes": 2}.',
     )
     signature = forms.CharField(
         label="Signature (JSON)",
@@ -106,7 +109,7 @@ class VersionRegistrationForm(forms.Form):
         from apps.registry.architectures import ARCHITECTURES  # imports torch: only here
 
         self.fields["architecture"].choices = [  # type: ignore[attr-defined]
-            ("", "none (TorchScript)"),
+            ("", "none (TorchScript only)"),
             *((name, name) for name in sorted(ARCHITECTURES)),
         ]
 
@@ -138,20 +141,42 @@ class VersionRegistrationForm(forms.Form):
         text = self.cleaned_data.get("training_subject_refs") or ""
         return [line.strip() for line in text.splitlines() if line.strip()]
 
-    def metadata(self) -> VersionMetadata | None:
-        """The validated metadata, or None after adding the schema's errors to the fields."""
-        try:
-            return VersionMetadata.model_validate(
-                {name: self.cleaned_data[name] for name in METADATA_FIELDS}
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        framework, architecture = cleaned.get("framework"), cleaned.get("architecture")
+        if framework == Framework.STATE_DICT and architecture == "":
+            self.add_error(
+                "architecture", "Choose the architecture the state_dict belongs to (torch eager)."
             )
+        elif framework == Framework.TORCHSCRIPT and architecture:
+            self.add_error(
+                "architecture",
+                "Choose none for TorchScript: the file carries its own architecture.",
+            )
+        return cleaned
+
+    def metadata(self) -> VersionMetadata | None:
+        """The validated metadata, or None after adding the schema's errors to the fields.
+
+        Call it after ``is_valid()``, whatever that returned: the metadata is checked even when
+        other fields (the files, say) are missing, so that one round shows every error. A field
+        that already has an error of its own gets no second one from the schema.
+        """
+        invalid = set(self.errors)
+        data = {name: self.cleaned_data[name] for name in METADATA_FIELDS if name not in invalid}
+        try:
+            metadata = VersionMetadata.model_validate(data)
         except PydanticError as exc:
             for error in exc.errors():
                 loc = [str(part) for part in error["loc"]]
                 field = loc[0] if loc and loc[0] in self.fields else None
+                if field in invalid:
+                    continue  # e.g. "Field required" for a field whose own check failed
                 path = ".".join(loc[1:] if field else loc)
                 message = str(error["msg"]).removeprefix("Value error, ")
                 self.add_error(field, f"{path}: {message}" if path else message)
             return None
+        return None if invalid else metadata
 
     def add_service_errors(self, exc: ApplicationError) -> None:
         """Show a refused registration's errors on the fields they name."""
@@ -163,6 +188,7 @@ class ReasonForm(forms.Form):
 
     reason = forms.CharField(
         max_length=2000,
+        error_messages={"required": "A written reason is required."},
         widget=forms.Textarea(attrs={"rows": 2, "required": True}),
         help_text="Recorded in the version's history.",
     )

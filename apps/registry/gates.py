@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.registry.models import LegalBasis, ModelVersion
+from gatehouse.errors import ServiceUnavailable
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policies" / "promotion.toml"
 MIN_RETENTION_DAYS = 183  # AI Act Art. 19/26(6): logs kept at least six months
@@ -35,7 +36,12 @@ def policy_for(risk_class: str) -> dict[str, Any]:
     path = str(getattr(settings, "REGISTRY_POLICY_FILE", "") or DEFAULT_POLICY)
     policies = _load(path)
     if risk_class not in policies:
-        raise KeyError(f"no promotion policy for risk class {risk_class!r} in {path}")
+        raise ServiceUnavailable(
+            f"The promotion policy has no rules for risk class '{risk_class}'; an administrator "
+            "must add them before versions of this family can be registered.",
+            code="policy_missing",
+            retry_after=3600,
+        )
     return dict(policies[risk_class])
 
 

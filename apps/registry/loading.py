@@ -14,6 +14,42 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _refused(field: str, message: str, exc: BaseException, *, framework: str) -> ValidationFailed:
+    """A short, user-facing refusal; the technical cause goes to the log (never the data)."""
+    logger.info("artifact refused (%s): %s: %s", framework, type(exc).__name__, exc)
+    return ValidationFailed.for_field(field, message)
+
+
+def _first(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(name[:60] for name in names[:n])
+    return f"{shown} and {len(names) - n} more" if len(names) > n else shown
+
+
+def _mismatch(module: nn.Module, state: dict[str, Any]) -> str:
+    """What differs between the keys and shapes of ``state`` and those ``module`` expects."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [str(k) for k in state if k not in expected]
+    shapes = [
+        f"{k} ({'x'.join(map(str, state[k].shape))} instead of "
+        f"{'x'.join(map(str, expected[k].shape))})"
+        for k in expected
+        if k in state
+        and hasattr(state[k], "shape")
+        and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = [
+        f"{label} {_first(names)}"
+        for label, names in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", shapes),
+        )
+        if names
+    ]
+    return "; ".join(parts) or "the weights cannot be loaded into it"
+
+
 def model_from_bytes(
     *, framework: str, architecture: str, architecture_kwargs: dict[str, Any], data: bytes
 ) -> nn.Module:
@@ -23,29 +59,55 @@ def model_from_bytes(
     from apps.registry import architectures
     from apps.registry.models import Framework
 
-    try:
-        if framework == Framework.TORCHSCRIPT:
+    if framework == Framework.TORCHSCRIPT:
+        try:
             module: nn.Module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-        else:
-            if architecture not in architectures.ARCHITECTURES:
-                raise ValidationFailed.for_field(
-                    "architecture",
-                    f"must be one of {', '.join(sorted(architectures.ARCHITECTURES))}",
-                )
-            try:
-                module = architectures.build(architecture, architecture_kwargs)
-            except TypeError as exc:
-                raise ValidationFailed.for_field("architecture_kwargs", str(exc)) from exc
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise ValueError("the file holds no state_dict")
-            module.load_state_dict(state)
-    except ValidationFailed:
-        raise
-    except Exception as exc:
+        except Exception as exc:
+            raise _refused(
+                "artifact", "is not a TorchScript archive", exc, framework=framework
+            ) from exc
+        module.eval()
+        return module
+    if architecture not in architectures.ARCHITECTURES:
         raise ValidationFailed.for_field(
+            "architecture",
+            f"must be one of {', '.join(sorted(architectures.ARCHITECTURES))}",
+        )
+    try:
+        module = architectures.build(architecture, architecture_kwargs)
+    except TypeError as exc:
+        # "LogisticRegression.__init__() got an unexpected keyword argument 'x'": keep the end.
+        reason = str(exc).partition("() ")[2] or "they do not fit its parameters"
+        raise _refused(
+            "architecture_kwargs", f"do not fit {architecture}: {reason}", exc, framework=framework
+        ) from exc
+    except Exception as exc:
+        raise _refused(
+            "architecture_kwargs",
+            f"cannot build {architecture} with these arguments",
+            exc,
+            framework=framework,
+        ) from exc
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"the file holds a {type(state).__name__}, not a dict")
+    except Exception as exc:
+        raise _refused(
             "artifact",
-            f"is not a loadable {framework} model: {type(exc).__name__}: {str(exc)[:200]}",
+            "is not a torch state_dict (torch.save of model.state_dict())",
+            exc,
+            framework=framework,
+        ) from exc
+    try:
+        module.load_state_dict(state)
+    except Exception as exc:
+        raise _refused(
+            "artifact",
+            f"does not match architecture {architecture} with these kwargs: "
+            f"{_mismatch(module, state)}",
+            exc,
+            framework=framework,
         ) from exc
     module.eval()
     return module

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
 from ninja import Schema
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from apps.registry.models import Framework, LegalBasis, RiskClass
 from apps.registry.signature import Signature
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]{1,20})?$"
+SHA256_OR_EMPTY = r"^$|^[0-9a-f]{64}$"
+
+
+def _matching(value: Any, pattern: str, code: str, message: str) -> Any:
+    """``value`` if it is not a string or matches ``pattern``; else an error saying ``message``
+    (run before the field's own ``pattern``, which stays for the API schema, so that users read
+    words rather than a regular expression)."""
+    if isinstance(value, str) and not re.fullmatch(pattern, value):
+        raise PydanticCustomError(code, message)
+    return value
 
 
 class FamilyIn(Schema):
@@ -53,8 +65,20 @@ class VersionMetadata(Schema):
     ethical_considerations: str = Field(default="", max_length=5000)
     dataset_name: str = Field(default="", max_length=120)
     dataset_version: str = Field(default="", max_length=60)
-    dataset_sha256: str = Field(default="", pattern=r"^$|^[0-9a-f]{64}$")
+    dataset_sha256: str = Field(default="", pattern=SHA256_OR_EMPTY)
     training_subject_refs: list[str] = Field(default_factory=list, max_length=5_000_000)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _semver(cls, value: Any) -> Any:
+        return _matching(value, SEMVER, "semver", "must be a semantic version such as 1.2.0")
+
+    @field_validator("dataset_sha256", mode="before")
+    @classmethod
+    def _sha256(cls, value: Any) -> Any:
+        return _matching(
+            value, SHA256_OR_EMPTY, "sha256", "must be 64 lowercase hex characters (a SHA-256)"
+        )
 
     @field_validator("training_subject_refs")
     @classmethod

@@ -41,13 +41,17 @@ def family_list(
 def family_get(
     *, user: Any, slug: str, action: FamilyAction = FamilyAction.VIEW, key: ApiKey | None = None
 ) -> ModelFamily:
-    """One family: 404 when the caller may not see it, 403 when they see it but may not act."""
-    visible = family_list(user=user, key=key, action=FamilyAction.VIEW)
-    family = visible.filter(slug=slug).first()
-    if family is None:
+    """One family: 404 when the caller may not see it (or it is outside the key's families),
+    403 when they see it but may not ``action`` (or the key does not allow it)."""
+    family = family_list(user=user, action=FamilyAction.VIEW).filter(slug=slug).first()
+    if family is None or (key is not None and key.families and slug not in key.families):
         raise NotFound(f"No model family '{slug}'.")
+    if key is not None and action.value not in key.actions:
+        raise PermissionDenied(
+            f"This API key does not allow '{action.value}' on '{slug}'.", code="key_scope"
+        )
     if action is not FamilyAction.VIEW and not (
-        family_list(user=user, key=key, action=action).filter(pk=family.pk).exists()
+        family_list(user=user, action=action).filter(pk=family.pk).exists()
     ):
         raise PermissionDenied(f"You may not {action.value} '{slug}'.")
     return family

@@ -175,7 +175,7 @@ def version_register(
                 training_subjects=pack_lineage(
                     pseudonymise(ref) for ref in metadata.training_subject_refs
                 ),
-                training_subject_count=len(set(metadata.training_subject_refs)),
+                training_subject_count=len({r.strip() for r in metadata.training_subject_refs}),
                 created_by=user,
             )
             VersionTransition.objects.create(

@@ -27,6 +27,8 @@ from gatehouse.roles import Role, has_role
 
 S = VersionStatus
 VERSION_TEMPLATE = "registry/version_detail.html"
+# Overall metrics where a rise is an improvement; the others (e.g. positive_rate) are neutral.
+HIGHER_IS_BETTER = frozenset({"accuracy", "balanced_accuracy", "f1_macro", "roc_auc"})
 
 
 # --- Helpers ----------------------------------------------------------------------------------
@@ -64,7 +66,15 @@ def _metric_rows(version: ModelVersion, previous: ModelVersion | None) -> list[d
         diff = (
             value - old if isinstance(value, int | float) and isinstance(old, int | float) else None
         )
-        rows.append({"name": name, "value": value, "previous": old, "diff": diff})
+        rows.append(
+            {
+                "name": name,
+                "value": value,
+                "previous": old,
+                "diff": diff,
+                "better": name in HIGHER_IS_BETTER,
+            }
+        )
     return rows
 
 
@@ -101,8 +111,11 @@ def _version_context(
     *,
     bound: dict[str, Any] | None = None,
     error: ApplicationError | None = None,
+    error_on: str = "",
     notice: str = "",
 ) -> dict[str, Any]:
+    """The version page's context. ``error_on`` names the bound form whose fields show all of
+    ``error``: if that form is on the page, the error is not repeated above the forms."""
     user: Any = request.user
     gates, transitions = selectors.version_detail(version=version)
     actions = _actions_on(user, version.family)
@@ -124,11 +137,15 @@ def _version_context(
         "deploy_production": manage and version.status in (S.APPROVED, S.STAGING),
         "retire": manage and S.RETIRED in services.ALLOWED[version.status],
     }
+    deciding = may["decide"] and not may["decide_own"] and not may["decide_unverified"]
+    if {"approve": deciding, "reject": deciding, "retire": may["retire"]}.get(error_on):
+        error = None
     return {
         "family": version.family,
         "version": version,
         "gates": gates,
         "gates_passed": sum(1 for g in gates if g.passed),
+        "gates_detailed": any(g.detail for g in gates),
         "transitions": transitions,
         "previous": previous,
         "metric_rows": _metric_rows(version, previous),
@@ -138,6 +155,10 @@ def _version_context(
         "error": error,
         "notice": notice,
         "may": {**may, "anything": any(may.values())},
+        # Whether rights allow acting on some version of the family at all: without, the page
+        # says that the user's rights, not the version's status, leave nothing to do.
+        "may_act_on_family": manage or FamilyAction.APPROVE in actions,
+        "rights": [a.value for a in FamilyAction if a in actions],
         "page_url": reverse("registry:version_detail", args=[version.family.slug, version.version]),
         "group_tables": _group_tables(version.metrics or {}),
     }
@@ -248,7 +269,8 @@ def version_register(request: HttpRequest, slug: str) -> HttpResponse:
     form = VersionRegistrationForm(request.POST or None, request.FILES or None)
     status = 200
     if request.method == "POST":
-        metadata = form.metadata() if form.is_valid() else None
+        form.is_valid()
+        metadata = form.metadata()  # checked even when the files are missing: one round
         if metadata is not None:
             try:
                 created = services.version_register(
@@ -293,9 +315,12 @@ def _act(
         selectors.family_get(user=request.user, slug=slug, action=action)
         notice = perform(version)
     except ApplicationError as exc:
-        if form is not None:
-            _attach(form, exc)
-        context: dict[str, Any] = {"bound": bound, "error": exc}
+        shown = form is not None and _attach(form, exc)
+        context: dict[str, Any] = {
+            "bound": bound,
+            "error": exc,
+            "error_on": form_key if shown else "",
+        }
         if request.htmx:  # type: ignore[attr-defined]
             response = render(
                 request,
@@ -318,12 +343,18 @@ def _act(
     return redirect("registry:version_detail", slug=slug, version=number)
 
 
-def _attach(form: Any, exc: ApplicationError) -> None:
-    """Show a field error on the bound form too (so that its input keeps its message)."""
+def _attach(form: Any, exc: ApplicationError) -> bool:
+    """Show a field error on the bound form too (so that its input keeps its message); True
+    when every error of ``exc`` is so shown on a visible field of the form."""
+    shown = bool(exc.errors)
     for error in exc.errors:
         name = str(error.get("field") or "")
-        if name in form.fields and name not in form.errors:
+        if name not in form.fields or form.fields[name].widget.is_hidden:
+            shown = False
+            continue
+        if name not in form.errors:
             form.add_error(name, str(error.get("message") or exc.detail))
+    return shown
 
 
 @login_required

@@ -1,0 +1,134 @@
+"""The tamper-evident decision chain: append in order under a lock, verify from the start."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from apps.inference.models import ChainHead, Decision
+
+GENESIS = "0" * 64
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def new_salt() -> str:
+    return secrets.token_hex(16)
+
+
+def payload_digest(salt: str, *, subject_pseudonym: str, inputs: Any) -> str:
+    payload = {"subject": subject_pseudonym, "inputs": inputs}
+    return hashlib.sha256(bytes.fromhex(salt) + _canonical(payload)).hexdigest()
+
+
+def content_hash(d: Decision) -> str:
+    return hashlib.sha256(
+        _canonical(
+            {
+                "id": str(d.id),
+                "seq": d.seq,
+                "created_at": d.created_at.isoformat(),
+                "request_id": d.request_id,
+                "family": d.family_id,
+                "version": d.version_id,
+                "version_label": d.version_label,
+                "artifact_sha256": d.artifact_sha256,
+                "route": d.route,
+                "actor_user": d.actor_user_id,
+                "api_key": d.api_key_id,
+                "purpose": d.purpose,
+                "jurisdiction": d.jurisdiction,
+                "row_index": d.row_index,
+                "label": d.label,
+                "scores": d.scores,
+                "latency_ms": round(d.latency_ms, 3),
+                "payload_digest": d.payload_digest,
+            }
+        )
+    ).hexdigest()
+
+
+def link(prev_hash: str, content: str) -> str:
+    return hashlib.sha256((prev_hash + content).encode()).hexdigest()
+
+
+def append(decisions: list[Decision]) -> list[Decision]:
+    """Number, hash and insert ``decisions`` after the current head. Call inside a transaction:
+    the head row is locked until commit, so concurrent writers append one after the other."""
+    head, _ = ChainHead.objects.select_for_update().get_or_create(pk=1)
+    seq, prev = head.seq, head.chain_hash
+    for decision in decisions:
+        seq += 1
+        decision.seq = seq
+        decision.prev_hash = prev
+        decision.content_hash = content_hash(decision)
+        decision.chain_hash = prev = link(prev, decision.content_hash)
+    Decision.objects.bulk_create(decisions)
+    head.seq, head.chain_hash = seq, prev
+    head.save(update_fields=["seq", "chain_hash", "updated_at"])
+    return decisions
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    checked: int
+    head_seq: int
+    head_hash: str
+    problem: str = ""
+    first_bad: str = ""
+
+
+def verify(decisions: Iterable[Decision] | None = None) -> Verification:
+    """Walk the chain from the first record; name the first edited, deleted or reordered one."""
+    prev, expected_seq, checked = GENESIS, 1, 0
+    rows = decisions if decisions is not None else Decision.objects.order_by("seq").iterator(2000)
+    for d in rows:
+        checked += 1
+        if d.seq != expected_seq:
+            return Verification(
+                False,
+                checked,
+                expected_seq - 1,
+                prev,
+                f"record #{expected_seq} is missing (next is #{d.seq})",
+                str(d.id),
+            )
+        if d.prev_hash != prev:
+            return Verification(
+                False,
+                checked,
+                d.seq - 1,
+                prev,
+                "link to the previous record is broken (deleted or reordered)",
+                str(d.id),
+            )
+        if (
+            d.erased_at is None
+            and d.payload_salt
+            and payload_digest(
+                d.payload_salt, subject_pseudonym=d.subject_pseudonym, inputs=d.inputs
+            )
+            != d.payload_digest
+        ):
+            return Verification(False, checked, d.seq - 1, prev, "payload was edited", str(d.id))
+        if content_hash(d) != d.content_hash or link(prev, d.content_hash) != d.chain_hash:
+            return Verification(False, checked, d.seq - 1, prev, "record was edited", str(d.id))
+        prev, expected_seq = d.chain_hash, expected_seq + 1
+    head = ChainHead.objects.filter(pk=1).first()
+    if head is not None and (head.seq, head.chain_hash) != (expected_seq - 1, prev):
+        return Verification(
+            False,
+            checked,
+            expected_seq - 1,
+            prev,
+            f"the chain ends at #{expected_seq - 1} but the head is #{head.seq} "
+            "(records were removed from the end)",
+        )
+    return Verification(True, checked, expected_seq - 1, prev)

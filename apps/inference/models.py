@@ -1,0 +1,154 @@
+"""Inference: per-family routing, decision records (hash-chained), idempotent replies, outcomes."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from apps.registry.models import ModelFamily, ModelVersion
+
+
+class OutputMode(models.TextChoices):
+    """How much of the model's output a caller sees (less output resists model extraction)."""
+
+    SCORES = "scores", "Label and every class score"
+    TOP_K = "top_k", "Label and the top-k scores, rounded"
+    LABEL = "label", "Label only"
+
+
+class RoutingConfig(models.Model):
+    """How a family's traffic is served: kill-switch, canary, shadow, jurisdiction rules.
+
+    Read on every request (one indexed row), so a change is effective at once, everywhere.
+    """
+
+    family = models.OneToOneField(ModelFamily, on_delete=models.CASCADE, related_name="routing")
+    suspended = models.BooleanField(default=False)
+    suspended_reason = models.CharField(max_length=300, blank=True)
+    canary_version = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    canary_percent = models.PositiveSmallIntegerField(default=0)
+    shadow_version = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    output_mode = models.CharField(
+        max_length=10, choices=OutputMode.choices, default=OutputMode.SCORES
+    )
+    top_k = models.PositiveSmallIntegerField(default=3)
+    max_rows = models.PositiveIntegerField(default=100)
+    # {"EU": ["1.0.0", "2.0.0"]}: subjects of that jurisdiction only on these versions.
+    jurisdiction_rules = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    def __str__(self) -> str:
+        return f"routing of {self.family.slug}"
+
+
+class Route(models.TextChoices):
+    PRODUCTION = "production"
+    CANARY = "canary"
+    SHADOW = "shadow"
+    POLICY = "policy"
+
+
+class Decision(models.Model):
+    """One served (or shadowed) row: what was decided, by which approved version, for whom.
+
+    Append-only and hash-chained: ``chain_hash = sha256(prev_hash + content_hash)``, where the
+    content hash covers every field but the personal payload, which enters only through
+    ``payload_digest`` (salted), so that erasing the payload and its salt leaves the chain
+    verifiable and the digest unlinkable.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    seq = models.BigIntegerField(unique=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    request_id = models.CharField(max_length=64)
+    family = models.ForeignKey(ModelFamily, on_delete=models.PROTECT, related_name="+")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    version_label = models.CharField(max_length=40)
+    artifact_sha256 = models.CharField(max_length=64)
+    route = models.CharField(max_length=12, choices=Route.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "gatehouse.ApiKey", on_delete=models.PROTECT, null=True, related_name="+"
+    )
+    purpose = models.CharField(max_length=64, blank=True)
+    jurisdiction = models.CharField(max_length=16, blank=True)
+    row_index = models.PositiveIntegerField(default=0)
+    label = models.CharField(max_length=200)
+    scores = models.JSONField()
+    latency_ms = models.FloatField()
+    # Personal payload: pseudonymised inputs and subject; erasable.
+    subject_pseudonym = models.CharField(max_length=64, blank=True, db_index=True)
+    inputs = models.JSONField(null=True)
+    payload_salt = models.CharField(max_length=32, blank=True)
+    payload_digest = models.CharField(max_length=64)
+    erased_at = models.DateTimeField(null=True, blank=True)
+    content_hash = models.CharField(max_length=64)
+    prev_hash = models.CharField(max_length=64)
+    chain_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [models.Index(fields=["family", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"decision {self.id}"
+
+
+class ChainHead(models.Model):
+    """The last link of the decision chain (one row); writers lock it to append in order."""
+
+    seq = models.BigIntegerField(default=0)
+    chain_hash = models.CharField(max_length=64, default="0" * 64)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"chain head #{self.seq}"
+
+
+class IdempotentReply(models.Model):
+    """The reply given to a request with an ``Idempotency-Key``: a retry gets it again."""
+
+    actor = models.CharField(max_length=80, help_text="user:<id> or key:<id>")
+    key = models.CharField(max_length=200)
+    request_digest = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField()
+    body = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["actor", "key"], name="idempotency_key_per_actor")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor} {self.key}"
+
+
+class Outcome(models.Model):
+    """The ground truth learned later for a decision (monitoring, bias reports)."""
+
+    decision = models.OneToOneField(Decision, on_delete=models.CASCADE, related_name="outcome")
+    label = models.CharField(max_length=200)
+    recorded_at = models.DateTimeField(default=timezone.now)
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"outcome of {self.decision_id}"

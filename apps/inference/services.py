@@ -1,0 +1,304 @@
+"""The prediction path: check, route, validate, predict, record (hash chain), reply.
+
+Every served row gets exactly one decision record, committed before the reply leaves; a
+refused or failed request records none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from apps.inference import chain, policy, routing
+from apps.inference.backends import get_backend
+from apps.inference.models import Decision, IdempotentReply, OutputMode, RoutingConfig
+from apps.registry import encoding
+from apps.registry.models import ModelFamily, ModelVersion
+from gatehouse.errors import Conflict, PayloadTooLarge, ValidationFailed
+from gatehouse.models import ApiKey
+from gatehouse.pseudonyms import pseudonymise
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    rows: list[dict[str, Any]]
+    subject: str = ""
+    purpose: str = ""
+    jurisdiction: str = ""
+    idempotency_key: str = ""
+    request_id: str = ""
+
+
+def _actor_tag(user: Any, key: ApiKey | None) -> str:
+    return f"key:{key.pk}" if key is not None else f"user:{user.pk}"
+
+
+def _digest(request: PredictRequest) -> str:
+    body = {
+        "rows": request.rows,
+        "subject": request.subject,
+        "purpose": request.purpose,
+        "jurisdiction": request.jurisdiction,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _validate_rows(version: ModelVersion, config: RoutingConfig, rows: list[Any]) -> None:
+    if not rows:
+        raise ValidationFailed.for_field("rows", "At least one row is required.")
+    if len(rows) > config.max_rows:
+        raise PayloadTooLarge(
+            f"rows: at most {config.max_rows} rows per request, got {len(rows)}.",
+            errors=[
+                {"field": "rows", "message": f"at most {config.max_rows}", "type": "too_many_rows"}
+            ],
+        )
+    errors = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            errors.append({"field": f"rows.{i}", "message": "must be an object", "type": "type"})
+            continue
+        for field, message in encoding.check_row(version.signature, row):
+            errors.append({"field": f"rows.{i}.{field}", "message": message, "type": "invalid"})
+    if errors:
+        fields = ", ".join(e["field"] for e in errors[:5])
+        raise ValidationFailed(f"Invalid rows: {fields}.", errors=errors[:100])
+
+
+def _recorded_inputs(version: ModelVersion, row: dict[str, Any]) -> dict[str, Any]:
+    """Inputs as recorded: ``pii`` features pseudonymised, so no raw identifier is kept."""
+    out: dict[str, Any] = {}
+    for feature in version.signature["features"]:
+        value = row.get(feature["name"])
+        out[feature["name"]] = pseudonymise(str(value)) if feature.get("pii") else value
+    return out
+
+
+def _shape_output(labels: list[str], probabilities: list[float]) -> tuple[str, dict[str, float]]:
+    best = max(range(len(labels)), key=lambda i: probabilities[i])
+    scores = {label: round(float(p), 6) for label, p in zip(labels, probabilities, strict=True)}
+    return labels[best], scores
+
+
+def _reply_scores(scores: dict[str, float], config: RoutingConfig) -> dict[str, float] | None:
+    if config.output_mode == OutputMode.LABEL:
+        return None
+    if config.output_mode == OutputMode.TOP_K:
+        top = sorted(scores.items(), key=lambda item: -item[1])[: max(1, config.top_k)]
+        return {label: round(p, 2) for label, p in top}
+    return scores
+
+
+def record(
+    *,
+    family: ModelFamily,
+    version: ModelVersion,
+    route: str,
+    user: Any,
+    key: ApiKey | None,
+    request: PredictRequest,
+    probabilities: list[list[float]],
+    latency_ms: float,
+    pseudonym: str,
+) -> list[Decision]:
+    """Decision records for served rows, appended to the chain (inside the caller's transaction
+    when there is one)."""
+    labels = version.signature["output"]["labels"]
+    decisions: list[Decision] = []
+    for index, (row, probs) in enumerate(zip(request.rows, probabilities, strict=True)):
+        label, scores = _shape_output(labels, probs)
+        inputs = _recorded_inputs(version, row)
+        salt = chain.new_salt()
+        decisions.append(
+            Decision(
+                request_id=request.request_id,
+                family=family,
+                version=version,
+                version_label=version.version,
+                artifact_sha256=version.artifact_sha256,
+                route=route,
+                actor_user=user if getattr(user, "is_authenticated", False) else None,
+                api_key=key,
+                purpose=request.purpose,
+                jurisdiction=request.jurisdiction,
+                row_index=index,
+                label=label,
+                scores=scores,
+                latency_ms=latency_ms,
+                subject_pseudonym=pseudonym,
+                inputs=inputs,
+                payload_salt=salt,
+                payload_digest=chain.payload_digest(
+                    salt, subject_pseudonym=pseudonym, inputs=inputs
+                ),
+            )
+        )
+    with transaction.atomic():
+        return chain.append(decisions)
+
+
+def predict(
+    *, family: ModelFamily, user: Any, key: ApiKey | None, request: PredictRequest
+) -> tuple[int, dict[str, Any]]:
+    """Serve ``request`` for ``family`` (access already checked); (status, body) of the reply."""
+    started = time.perf_counter()
+    actor = _actor_tag(user, key)
+    if request.idempotency_key:
+        previous = IdempotentReply.objects.filter(actor=actor, key=request.idempotency_key).first()
+        if previous is not None:
+            return _replay(previous, request)
+    config = routing.routing_for(family)
+    routing.ensure_serving(family, config)  # the kill-switch answers before anything else
+    if family.consent_purpose and not request.subject:
+        raise ValidationFailed.for_field(
+            "subject",
+            f"is required: '{family.slug}' needs consent for '{family.consent_purpose}'.",
+            code="required",
+        )
+    pseudonym = pseudonymise(request.subject) if request.subject else ""
+    policy.run_checks(
+        policy.PredictContext(
+            family=family,
+            user=user,
+            subject_pseudonym=pseudonym,
+            purpose=request.purpose,
+            jurisdiction=request.jurisdiction,
+            n_rows=len(request.rows),
+        )
+    )
+    choice = routing.choose(
+        family=family,
+        config=config,
+        sticky_key=pseudonym or request.request_id,
+        jurisdiction=request.jurisdiction,
+    )
+    version = choice.version
+    _validate_rows(version, config, request.rows)
+    probabilities = get_backend().predict(version, request.rows)
+    latency_ms = (time.perf_counter() - started) * 1000
+    try:
+        with transaction.atomic():
+            decisions = record(
+                family=family,
+                version=version,
+                route=choice.route,
+                user=user,
+                key=key,
+                request=request,
+                probabilities=probabilities,
+                latency_ms=latency_ms,
+                pseudonym=pseudonym,
+            )
+            body = _body(family, decisions, config)
+            if request.idempotency_key:
+                IdempotentReply.objects.create(
+                    actor=actor,
+                    key=request.idempotency_key,
+                    request_digest=_digest(request),
+                    status=200,
+                    body=body,
+                )
+    except IntegrityError:
+        if not request.idempotency_key:
+            raise
+        # A concurrent retry with the same key won: answer what it answered.
+        previous = IdempotentReply.objects.filter(actor=actor, key=request.idempotency_key).first()
+        if previous is None:
+            raise
+        return _replay(previous, request)
+    if config.shadow_version_id:
+        _shadow(config, request, decisions)
+    return 200, body
+
+
+def _body(family: ModelFamily, decisions: list[Decision], config: RoutingConfig) -> dict[str, Any]:
+    return {
+        "model": family.slug,
+        "predictions": [
+            {
+                "decision_id": str(d.id),
+                "label": d.label,
+                "scores": _reply_scores(d.scores, config),
+                "model_version": d.version_label,
+                "route": d.route,
+            }
+            for d in decisions
+        ],
+    }
+
+
+def _replay(previous: IdempotentReply, request: PredictRequest) -> tuple[int, dict[str, Any]]:
+    if previous.request_digest != _digest(request):
+        raise Conflict(
+            "This Idempotency-Key was used with a different request.", code="idempotency_conflict"
+        )
+    return previous.status, previous.body
+
+
+def _shadow(config: RoutingConfig, request: PredictRequest, served: list[Decision]) -> None:
+    """Run the shadow version on a copy after commit, off the request thread; never returned."""
+    from apps.inference.shadow import submit
+
+    shadow = config.shadow_version
+    if shadow is None or shadow.pk == served[0].version_id:
+        return
+    pseudonym = served[0].subject_pseudonym
+    transaction.on_commit(
+        lambda: submit(shadow_version_id=shadow.pk, request=request, pseudonym=pseudonym)
+    )
+
+
+@transaction.atomic
+def routing_update(*, family: ModelFamily, user: Any, data: dict[str, Any]) -> RoutingConfig:
+    """Change how a family is served; effective on the next request, audited."""
+    from apps.inference.routing import SERVABLE
+
+    config = routing.routing_for(family)
+
+    def servable(label: str | None, field: str) -> ModelVersion | None:
+        if not label:
+            return None
+        version = ModelVersion.objects.filter(family=family, version=label).first()
+        if version is None or version.status not in SERVABLE:
+            raise ValidationFailed.for_field(field, f"{label} is not an approved version.")
+        return version
+
+    config.canary_version = servable(data.get("canary_version"), "canary_version")
+    config.shadow_version = servable(data.get("shadow_version"), "shadow_version")
+    for name in (
+        "suspended",
+        "suspended_reason",
+        "canary_percent",
+        "output_mode",
+        "top_k",
+        "max_rows",
+        "jurisdiction_rules",
+    ):
+        if name in data:
+            setattr(config, name, data[name])
+    config.updated_by = user
+    config.save()
+    logger.info("routing of %s changed by user %s", family.slug, user.pk)
+    return config
+
+
+@transaction.atomic
+def outcome_record(*, decision: Decision, label: str, user: Any) -> Any:
+    from apps.inference.models import Outcome
+
+    labels = decision.version.signature["output"]["labels"]
+    if label not in labels:
+        raise ValidationFailed.for_field("label", f"must be one of {', '.join(labels)}")
+    outcome, _ = Outcome.objects.update_or_create(
+        decision=decision,
+        defaults={"label": label, "recorded_by": user if user.is_authenticated else None},
+    )
+    return outcome

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from apps.inference import views
+
+app_name = "inference"
+
+urlpatterns = [
+    path("", views.predict_home, name="predict_home"),
+    path("<slug:slug>/", views.predict_form, name="predict_form"),
+]

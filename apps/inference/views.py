@@ -1,0 +1,233 @@
+"""Prediction pages for business users: the families they may predict with, a form generated from
+the serving version's signature, the result card and their own decision history.
+
+Views parse, call a selector or ``services.predict`` and render; every ``ApplicationError``
+becomes a message (next to a field, or a card) with its own status code, never a server error.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from apps.inference import selectors, services
+from apps.inference.forms import FeatureForm, RequestForm, add_service_errors
+from apps.inference.models import RoutingConfig
+from apps.registry import selectors as registry_selectors
+from apps.registry.models import ModelFamily, ModelVersion, VersionStatus
+from apps.registry.permissions import FamilyAction
+from gatehouse.errors import ApplicationError, Conflict, NotFound, ValidationFailed
+
+FORM_TEMPLATE = "inference/predict_form.html"
+IDEMPOTENCY_INPUT = "request-token"
+
+
+def _error_page(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
+    template = "inference/error.html"
+    if request.htmx:  # type: ignore[attr-defined]
+        template += "#error"
+    response = render(request, template, {"error": exc}, status=exc.status_code)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
+def _family_to_predict(user: Any, slug: str) -> ModelFamily:
+    """A family ``user`` may predict with; 404 otherwise (also when they may only view it)."""
+    family = (
+        registry_selectors.family_list(user=user, action=FamilyAction.PREDICT)
+        .filter(slug=slug)
+        .first()
+    )
+    if family is None:
+        raise NotFound(f"No model '{slug}' that you may predict with.")
+    return family
+
+
+def _not_serving(family: ModelFamily, version: ModelVersion | None) -> str:
+    """Why ``family`` serves no predictions now, or "" when it does (read only: no writes)."""
+    config = RoutingConfig.objects.filter(family=family).first()
+    if config is not None and config.suspended:
+        reason = config.suspended_reason.strip().rstrip(".")
+        return f"This model is suspended: {reason}." if reason else "This model is suspended."
+    if version is None:
+        return "This model has no version in production; it serves no predictions."
+    return ""
+
+
+def _new_token() -> str:
+    return str(uuid.uuid4())
+
+
+def _posted_token(request: HttpRequest) -> str:
+    """The form's idempotency token: a double submission replays the first reply instead of
+    recording a second decision."""
+    raw = request.POST.get(IDEMPOTENCY_INPUT, "")
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        return _new_token()
+
+
+def _result(body: dict[str, Any]) -> dict[str, Any]:
+    """The result card of the (single) prediction in a ``services.predict`` reply."""
+    prediction = body["predictions"][0]
+    scores = prediction.get("scores")
+    return {
+        **prediction,
+        "scores": None
+        if scores is None
+        else [
+            {
+                "label": label,
+                "value": f"{float(p):.4f}",
+                "percent": f"{float(p) * 100:.1f}",
+                "predicted": label == prediction["label"],
+            }
+            for label, p in scores.items()
+        ],
+    }
+
+
+def _message(exc: ApplicationError, family: ModelFamily) -> str:
+    if exc.error_code == "suspended":
+        return _not_serving(family, None) or exc.detail
+    if exc.error_code == "no_production_version":
+        return _not_serving(family, None)
+    return exc.detail
+
+
+@login_required
+@require_GET
+def predict_home(request: HttpRequest) -> HttpResponse:
+    families = list(registry_selectors.family_list(user=request.user, action=FamilyAction.PREDICT))
+    production = dict(
+        ModelVersion.objects.filter(
+            family__in=families, status=VersionStatus.PRODUCTION
+        ).values_list("family_id", "version")
+    )
+    suspended = {
+        c.family_id: c.suspended_reason
+        for c in RoutingConfig.objects.filter(family__in=families, suspended=True)
+    }
+    rows = [
+        {
+            "family": family,
+            "version": production.get(family.pk),
+            "suspended": family.pk in suspended,
+            "reason": suspended.get(family.pk, ""),
+        }
+        for family in families
+    ]
+    return render(
+        request,
+        "inference/predict_home.html",
+        {"rows": rows, "history": selectors.decision_history(user=request.user)},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def predict_form(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        family = _family_to_predict(request.user, slug)
+    except ApplicationError as exc:
+        return _error_page(request, exc)
+    version = registry_selectors.production_version(family=family)
+    context: dict[str, Any] = {
+        "family": family,
+        "version": version,
+        "not_serving": _not_serving(family, version),
+        "result": None,
+        "error": None,
+        "token": _new_token(),
+        "request_id": getattr(request, "request_id", ""),
+    }
+    if version is None:
+        # No signature to build a form from: the page says why, nothing can be submitted (a
+        # form posted from before the version left production gets the same answer, as 503).
+        if request.method == "GET":
+            context["history"] = selectors.decision_history(user=request.user)
+            return render(request, FORM_TEMPLATE, context)
+        context["error"] = {
+            "status": 503,
+            "title": "No prediction made",
+            "message": context["not_serving"],
+        }
+        template = FORM_TEMPLATE + ("#outcome" if request.htmx else "")  # type: ignore[attr-defined]
+        return render(request, template, context, status=503)
+    data = request.POST if request.method == "POST" else None
+    features = FeatureForm(data, signature=version.signature)
+    request_form = RequestForm(data, consent_purpose=family.consent_purpose)
+    status = 200
+    headers: dict[str, str] = {}
+    if request.method == "POST":
+        status, headers = _predict(request, family, features, request_form, context)
+    context.update(
+        form=features,
+        request_form=request_form,
+        history=selectors.decision_history(user=request.user),
+    )
+    template = FORM_TEMPLATE
+    if request.htmx and request.method == "POST":  # type: ignore[attr-defined]
+        template += "#post-response"
+    response = render(request, template, context, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _predict(
+    request: HttpRequest,
+    family: ModelFamily,
+    features: FeatureForm,
+    request_form: RequestForm,
+    context: dict[str, Any],
+) -> tuple[int, dict[str, str]]:
+    """Serve the posted row; fills ``context`` (result, error, token); (status, headers)."""
+    valid = features.is_valid() & request_form.is_valid()  # both, for all their errors
+    token = _posted_token(request)
+    context["token"] = token
+    if not valid:
+        return 422, {}
+    try:
+        _, body = services.predict(
+            family=family,
+            user=request.user,
+            key=None,
+            request=services.PredictRequest(
+                rows=[features.row()],
+                subject=request_form.cleaned_data["subject"].strip(),
+                purpose=request_form.cleaned_data["purpose"].strip(),
+                idempotency_key=token,
+                request_id=getattr(request, "request_id", ""),
+            ),
+        )
+    except ValidationFailed as exc:
+        add_service_errors(features, request_form, exc)
+        return exc.status_code, {}
+    except Conflict as exc:
+        # The token was used for other values (an old form resubmitted): a fresh one is given.
+        context["token"] = _new_token()
+        context["error"] = {
+            "status": exc.status_code,
+            "title": "Already submitted",
+            "message": "This form was already submitted with other values. "
+            "Check the values and submit again.",
+        }
+        return exc.status_code, {}
+    except ApplicationError as exc:
+        context["error"] = {
+            "status": exc.status_code,
+            "title": "Not allowed" if exc.status_code == 403 else "No prediction made",
+            "message": _message(exc, family),
+        }
+        return exc.status_code, dict(exc.headers)
+    context["result"] = _result(body)
+    context["token"] = _new_token()
+    return 200, {}

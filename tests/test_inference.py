@@ -1,0 +1,334 @@
+"""The predict path: validation, routing (canary, kill-switch, jurisdiction), idempotency,
+decision records and their hash chain, outcomes, access to decisions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from apps.inference import chain, policy
+from apps.inference.models import Decision, RoutingConfig
+from apps.inference.routing import bucket
+from apps.registry import services as registry_services
+from apps.registry.models import VersionStatus
+from apps.registry.permissions import FamilyAction
+from gatehouse import services as platform_services
+from gatehouse.errors import PermissionDenied, ValidationFailed
+from gatehouse.roles import Role
+from tests.registry_models import Registration
+from tests.test_registry import register
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/models/credit-risk/predict"
+ROW = {"income": 40.0, "age": 35, "housing": "rent", "sex": "female"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(settings, tmp_path, monkeypatch):
+    from apps.inference.backends import reset_backends
+
+    settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
+    monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
+    reset_backends()
+    yield
+    reset_backends()
+
+
+def _serve(family, owner, approver, number, target="production"):
+    version = register(family, owner, Registration(version=number))
+    registry_services.version_validate(version=version, user=owner)
+    registry_services.version_approve(version=version, user=approver, reason="ok to serve")
+    if target:
+        registry_services.version_deploy(version=version, user=owner, target=target)
+    version.refresh_from_db()
+    return version
+
+
+@pytest.fixture
+def approver(make_user, family):
+    user = make_user(Role.APPROVER, username="approver")
+    registry_services.family_grant(family=family, to=user, actions=[FamilyAction.APPROVE])
+    return user
+
+
+@pytest.fixture
+def v1(family, approver):
+    return _serve(family, family.owner, approver, "1.0.0")
+
+
+@pytest.fixture
+def caller(api_key, v1):
+    user, raw = api_key()
+    return user, {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+def predict(client, headers, body=None, **extra):
+    payload = {"rows": [ROW], "subject": "applicant-7", **(body or {})}
+    return client.post(
+        URL, json.dumps(payload), content_type="application/json", **headers, **extra
+    )
+
+
+def test_a_prediction_is_served_and_recorded_before_the_reply(client, caller, v1):
+    response = predict(client, caller[1])
+    assert response.status_code == 200, response.content
+    (row,) = response.json()["predictions"]
+    assert row["label"] in {"good", "bad"}
+    assert abs(sum(row["scores"].values()) - 1) < 1e-4
+    assert (row["model_version"], row["route"]) == ("1.0.0", "production")
+    decision = Decision.objects.get(pk=row["decision_id"])
+    assert decision.artifact_sha256 == v1.artifact_sha256
+    assert decision.request_id == response["X-Request-ID"]
+    assert decision.subject_pseudonym
+    assert "applicant-7" not in json.dumps(decision.inputs)
+    assert decision.api_key_id is not None
+
+
+def test_the_description_tells_a_client_how_to_build_a_request(client, caller):
+    body = client.get("/api/v1/models/credit-risk", **caller[1]).json()
+    assert body["serving_version"] == "1.0.0"
+    assert body["subject_required"] is True
+    assert [f["name"] for f in body["features"]] == ["income", "age", "housing", "sex"]
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({**ROW, "income": "lots"}, "rows.0.income"),
+        ({k: v for k, v in ROW.items() if k != "age"}, "rows.0.age"),
+        ({**ROW, "extra": 1}, "rows.0.extra"),
+        ({**ROW, "income": 1e9}, "rows.0.income"),
+        ({**ROW, "housing": "castle"}, "rows.0.housing"),
+        ({**ROW, "age": 30.5}, "rows.0.age"),
+    ],
+)
+def test_bad_rows_get_422_naming_the_field_and_nothing_is_recorded(client, caller, row, field):
+    response = predict(client, caller[1], {"rows": [row]})
+    assert response.status_code == 422
+    assert field in [e["field"] for e in response.json()["errors"]]
+    assert Decision.objects.count() == 0
+
+
+def test_nan_and_infinity_are_refused(client, caller):
+    body = '{"rows": [{"income": NaN, "age": 30, "housing": "own", "sex": "male"}], "subject": "s"}'
+    response = client.post(URL, body, content_type="application/json", **caller[1])
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "rows.0.income"
+
+
+def test_too_many_rows_get_413(client, caller, family):
+    RoutingConfig.objects.update_or_create(family=family, defaults={"max_rows": 2})
+    response = predict(client, caller[1], {"rows": [ROW] * 3})
+    assert response.status_code == 413
+    assert Decision.objects.count() == 0
+
+
+def test_a_body_over_the_limit_gets_413(client, caller, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = predict(client, caller[1], {"rows": [ROW] * 50})
+    assert response.status_code == 413
+
+
+def test_the_subject_is_required_when_the_family_needs_consent(client, caller):
+    response = predict(client, caller[1], {"subject": ""})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "subject"
+
+
+def test_an_idempotent_retry_returns_the_same_reply_and_records_once(client, caller):
+    first = predict(client, caller[1], HTTP_IDEMPOTENCY_KEY="retry-1")
+    again = predict(client, caller[1], HTTP_IDEMPOTENCY_KEY="retry-1")
+    assert first.json() == again.json()
+    assert Decision.objects.count() == 1
+    other = predict(client, caller[1], {"subject": "someone else"}, HTTP_IDEMPOTENCY_KEY="retry-1")
+    assert other.status_code == 409
+
+
+def test_the_kill_switch_answers_503_and_records_nothing(client, caller, family, verified_client):
+    owner_client = verified_client(family.owner)
+    routing = {"suspended": True, "suspended_reason": "incident 42"}
+    put = owner_client.put(
+        "/api/v1/models/credit-risk/routing", routing, content_type="application/json"
+    )
+    assert put.status_code == 200, put.content
+    response = predict(client, caller[1])
+    assert response.status_code == 503
+    assert response.json()["code"] == "suspended"
+    assert int(response["Retry-After"]) > 0
+    assert Decision.objects.count() == 0
+
+
+def test_a_key_without_predict_and_a_user_without_the_right_are_refused(
+    client, api_key, v1, make_user
+):
+    _, raw = api_key(actions=("view",))
+    assert predict(client, {"HTTP_AUTHORIZATION": f"Bearer {raw}"}).status_code == 403
+    stranger = make_user(Role.BUSINESS_USER)
+    client.force_login(stranger)
+    assert predict(client, {}).status_code == 404
+
+
+def test_canary_traffic_is_split_and_sticky_by_subject(family, approver, v1, caller):
+    v2 = _serve(family, family.owner, approver, "2.0.0", target="")
+    RoutingConfig.objects.update_or_create(
+        family=family, defaults={"canary_version": v2, "canary_percent": 30}
+    )
+    client = Client()
+    routes = {}
+    for i in range(200):
+        body = predict(client, caller[1], {"subject": f"s-{i}"}).json()["predictions"][0]
+        routes[f"s-{i}"] = body["route"]
+        assert body["model_version"] == ("2.0.0" if body["route"] == "canary" else "1.0.0")
+    share = sum(r == "canary" for r in routes.values()) / len(routes)
+    assert 0.2 < share < 0.4
+    for subject in list(routes)[:20]:  # sticky: the same subject keeps its arm
+        again = predict(client, caller[1], {"subject": subject}).json()["predictions"][0]
+        assert again["route"] == routes[subject]
+    from gatehouse.pseudonyms import pseudonymise
+
+    assert all((bucket(family, pseudonymise(s)) < 30) == (r == "canary") for s, r in routes.items())
+
+
+def test_only_approved_versions_receive_traffic(family, approver, v1):
+    from apps.inference import services
+
+    draft = register(family, family.owner, Registration(version="3.0.0"))
+    with pytest.raises(ValidationFailed, match="not an approved version"):
+        services.routing_update(
+            family=family, user=family.owner, data={"canary_version": "3.0.0", "canary_percent": 50}
+        )
+    assert draft.status == VersionStatus.REGISTERED
+
+
+def test_jurisdiction_rules_keep_subjects_on_versions_approved_for_them(client, caller, family):
+    RoutingConfig.objects.update_or_create(
+        family=family, defaults={"jurisdiction_rules": {"EU": ["1.0.0"], "CH": ["9.9.9"]}}
+    )
+    assert predict(client, caller[1], {"jurisdiction": "EU"}).status_code == 200
+    refused = predict(client, caller[1], {"jurisdiction": "CH"})
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "jurisdiction_not_served"
+
+
+def test_policy_checks_run_before_predicting_and_can_refuse(client, caller):
+    def refuse(context):
+        raise PermissionDenied("no consent", code="consent_required")
+
+    policy.register_check(refuse)
+    try:
+        response = predict(client, caller[1])
+    finally:
+        policy.unregister_check(refuse)
+    assert response.status_code == 403
+    assert response.json()["code"] == "consent_required"
+    assert Decision.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_shadow_output_is_recorded_but_never_returned(family, approver, v1, caller):
+    from apps.inference import shadow
+
+    v2 = _serve(family, family.owner, approver, "2.0.0", target="")
+    RoutingConfig.objects.update_or_create(family=family, defaults={"shadow_version": v2})
+    futures = []
+    real_submit = shadow.submit
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shadow, "submit", lambda **kw: futures.append(real_submit(**kw)))
+        response = predict(Client(), caller[1])
+    assert response.json()["predictions"][0]["model_version"] == "1.0.0"
+    for future in futures:
+        future.result(timeout=30)
+    routes = sorted(Decision.objects.values_list("route", "version_label"))
+    assert routes == [("production", "1.0.0"), ("shadow", "2.0.0")]
+
+
+# --- Decision chain --------------------------------------------------------------------------
+
+
+def _some_decisions(client, caller, n=5):
+    for i in range(n):
+        assert predict(client, caller[1], {"subject": f"c-{i}"}).status_code == 200
+
+
+def test_the_chain_verifies_and_names_an_edited_record(client, caller):
+    _some_decisions(client, caller)
+    assert chain.verify().ok
+    victim = Decision.objects.get(seq=3)
+    Decision.objects.filter(pk=victim.pk).update(label="good" if victim.label == "bad" else "bad")
+    result = chain.verify()
+    assert (result.ok, result.first_bad, result.problem) == (
+        False,
+        str(victim.id),
+        "record was edited",
+    )
+
+
+def test_the_chain_detects_an_edited_payload(client, caller):
+    _some_decisions(client, caller)
+    victim = Decision.objects.get(seq=2)
+    Decision.objects.filter(pk=victim.pk).update(inputs={**victim.inputs, "income": 1.0})
+    result = chain.verify()
+    assert (result.ok, result.first_bad) == (False, str(victim.id))
+
+
+def test_the_chain_detects_a_deleted_record(client, caller):
+    _some_decisions(client, caller)
+    Decision.objects.filter(seq=2).delete()
+    result = chain.verify()
+    assert not result.ok
+    assert "#2 is missing" in result.problem
+
+
+def test_the_chain_detects_reordering(client, caller):
+    _some_decisions(client, caller)
+    a, b = Decision.objects.get(seq=2), Decision.objects.get(seq=3)
+    Decision.objects.filter(pk=a.pk).update(seq=-1)
+    Decision.objects.filter(pk=b.pk).update(seq=2)
+    Decision.objects.filter(pk=a.pk).update(seq=3)
+    result = chain.verify()
+    assert (result.ok, result.first_bad) == (False, str(b.id))
+
+
+def test_the_chain_detects_truncation_at_the_end(client, caller):
+    _some_decisions(client, caller)
+    Decision.objects.filter(seq=5).delete()
+    assert "removed from the end" in chain.verify().problem
+
+
+def test_verify_decisions_command_exports_the_head_and_fails_on_tampering(client, caller, capsys):
+    _some_decisions(client, caller, n=3)
+    call_command("verify_decisions", "--export-head")
+    head = json.loads(capsys.readouterr().out)
+    assert head["seq"] == 3
+    assert head["chain_hash"] == Decision.objects.get(seq=3).chain_hash
+    Decision.objects.filter(seq=1).update(route="canary")
+    with pytest.raises(CommandError, match="record was edited"):
+        call_command("verify_decisions")
+
+
+# --- Decisions and outcomes ------------------------------------------------------------------
+
+
+def test_an_outcome_is_recorded_by_whoever_made_the_decision(client, caller, api_key, make_user):
+    decision_id = predict(client, caller[1]).json()["predictions"][0]["decision_id"]
+    url = f"/api/v1/decisions/{decision_id}/outcome"
+    response = client.post(url, {"label": "bad"}, content_type="application/json", **caller[1])
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "bad"
+    assert (
+        client.post(
+            url, {"label": "maybe"}, content_type="application/json", **caller[1]
+        ).status_code
+        == 422
+    )
+    other = make_user(Role.API_CONSUMER)
+    raw = platform_services.apikey_create(user=other, name="o", actions=["predict"]).raw
+    foreign = client.post(
+        url, {"label": "good"}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {raw}"
+    )
+    assert foreign.status_code == 404
+    assert client.get("/api/v1/decisions/not-a-uuid", **caller[1]).status_code == 422
