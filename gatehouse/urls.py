@@ -28,4 +28,5 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("registry/", include("apps.registry.urls")),
     path("predict/", include("apps.inference.urls")),
+    path("serving/", include("apps.inference.serving_urls")),
 ]

@@ -332,3 +332,33 @@ def test_an_outcome_is_recorded_by_whoever_made_the_decision(client, caller, api
     )
     assert foreign.status_code == 404
     assert client.get("/api/v1/decisions/not-a-uuid", **caller[1]).status_code == 422
+
+
+def test_the_serving_page_switches_the_kill_switch_and_canary(client, caller, family, approver):
+    owner = Client()
+    owner.force_login(family.owner)
+    assert "credit-risk" in owner.get("/serving/").content.decode()
+    page = owner.get("/serving/credit-risk/")
+    assert page.status_code == 200
+    form = {
+        "suspended": "on",
+        "suspended_reason": "incident 7",
+        "canary_version": "",
+        "canary_percent": 0,
+        "shadow_version": "",
+        "output_mode": "label",
+        "top_k": 3,
+        "max_rows": 100,
+        "jurisdiction_rules": "",
+    }
+    assert owner.post("/serving/credit-risk/", form).status_code == 302
+    assert predict(client, caller[1]).status_code == 503
+    form.update(suspended="", jurisdiction_rules="not json")
+    assert owner.post("/serving/credit-risk/", form).status_code == 422
+    form.update(jurisdiction_rules="")
+    owner.post("/serving/credit-risk/", form)
+    body = predict(client, caller[1]).json()["predictions"][0]
+    assert body["scores"] is None  # label-only output mode
+    stranger = Client()
+    stranger.force_login(caller[0])
+    assert stranger.get("/serving/credit-risk/").status_code in (403, 404)

@@ -26,3 +26,12 @@ class InferenceConfig(AppConfig):
                 "recent decisions.",
             )
         )
+        extensions.register_nav(
+            extensions.NavItem(
+                "Serving",
+                "serving:serving_list",
+                frozenset({Role.MODEL_OWNER, Role.ADMIN}),
+                order=15,
+                description="Kill-switch, canary, shadow and output of the families you manage.",
+            )
+        )
