@@ -202,6 +202,11 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "task": "gatehouse.tasks.warn_expiring_api_keys",
         "schedule": timedelta(hours=1),
     },
+    # Batch jobs whose worker died (SIGKILL loses its message on the file-system broker).
+    "batch-resume-stalled": {
+        "task": "inference.batch_resume_stalled",
+        "schedule": timedelta(seconds=30),
+    },
 }
 
 # --- Authentication and sessions ---------------------------------------------------------------
@@ -363,6 +368,8 @@ LOGGING: dict[str, Any] = {
         "django.request": {"level": "ERROR"},
         "axes": {"level": "WARNING"},
         "gatehouse.security": {"level": "INFO"},
+        # httpx logs every request at INFO: one line per prediction through TorchServe.
+        "httpx": {"level": "WARNING"},
     },
 }
 

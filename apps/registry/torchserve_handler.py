@@ -72,7 +72,13 @@ class GatehouseHandler(BaseHandler):
 
         # One intra-op thread per worker: scale with workers, not threads (no oversubscription).
         torch.set_num_threads(1)
-        self.device = torch.device("cpu")
+        # TorchServe assigns each worker a GPU (number_of_gpu > 0) through gpu_id.
+        gpu_id = context.system_properties.get("gpu_id")
+        self.device = (
+            torch.device(f"cuda:{gpu_id}")
+            if gpu_id is not None and torch.cuda.is_available()
+            else torch.device("cpu")
+        )
         framework = spec["framework"]
         model: torch.nn.Module
         if framework == TORCHSCRIPT:
@@ -85,7 +91,7 @@ class GatehouseHandler(BaseHandler):
         else:
             raise RuntimeError(f"unsupported framework {framework!r}")
         model.eval()
-        self.model = model
+        self.model = model.to(self.device)
         self.manifest = context.manifest
         self.context = context
         self.initialized = True
@@ -138,9 +144,9 @@ class GatehouseHandler(BaseHandler):
             all_rows.extend(rows)
 
         if all_rows:
-            x = torch.from_numpy(self.encoding.encode(self.signature, all_rows))
+            x = torch.from_numpy(self.encoding.encode(self.signature, all_rows)).to(self.device)
             with torch.inference_mode():
-                probabilities = torch.softmax(self.model(x).float(), dim=1)
+                probabilities = torch.softmax(self.model(x).float(), dim=1).cpu()
             if probabilities.shape != (len(all_rows), len(self.labels)):
                 raise RuntimeError(
                     f"model output {tuple(probabilities.shape)} does not match "

@@ -24,10 +24,14 @@ def _local() -> Backend:
     return LocalBackend()
 
 
-# name -> factory; a backend is added with one line (factories import their module lazily).
-BACKENDS: dict[str, Callable[[], Backend]] = {
-    "local": _local,
-}
+def _torchserve() -> Backend:
+    from apps.inference.backends.torchserve import TorchServeBackend
+
+    return TorchServeBackend()
+
+
+# name -> factory (factories import their module lazily).
+BACKENDS: dict[str, Callable[[], Backend]] = {"local": _local, "torchserve": _torchserve}
 
 _lock = threading.Lock()
 # name -> (pid that created it, backend): a forked child must not reuse its parent's threads.
