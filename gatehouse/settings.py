@@ -335,12 +335,27 @@ VALIDATION_MAX_BYTES = env_int("VALIDATION_MAX_BYTES", 20 * 1024 * 1024)
 # Uploads stream to temporary files above this size instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
+# --- Inference ------------------------------------------------------------------------------------
+# "local" (in-process torch, the default) or "torchserve".
+INFERENCE_BACKEND = env_str("INFERENCE_BACKEND", "local")
+# Micro-batching of concurrent requests in the local backend.
+LOCAL_BATCH_MAX_ROWS = env_int("LOCAL_BATCH_MAX_ROWS", 64)
+LOCAL_BATCH_MAX_WAIT_MS = env_int("LOCAL_BATCH_MAX_WAIT_MS", 2)
+LOCAL_TORCH_THREADS = env_int("LOCAL_TORCH_THREADS", 1)
+# Answer with the local backend when TorchServe is down (instead of 503).
+TORCHSERVE_FALLBACK_LOCAL = env_bool("TORCHSERVE_FALLBACK_LOCAL", False)
+
 # --- TorchServe (used by the TorchServe inference backend) --------------------------------------
 TORCHSERVE_INFERENCE_URL = env_str("TORCHSERVE_INFERENCE_URL", "http://127.0.0.1:18080")
 TORCHSERVE_MANAGEMENT_URL = env_str("TORCHSERVE_MANAGEMENT_URL", "http://127.0.0.1:18081")
 TORCHSERVE_TOKEN = env_secret("TORCHSERVE_TOKEN") or ""
 TORCHSERVE_TIMEOUT_S = env_int("TORCHSERVE_TIMEOUT_S", 5)
 TORCHSERVE_MODEL_STORE = Path(env_str("TORCHSERVE_MODEL_STORE", str(VAR_DIR / "model_store")))
+TORCHSERVE_WORKERS = env_int("TORCHSERVE_WORKERS", 1)
+TORCHSERVE_BATCH_SIZE = env_int("TORCHSERVE_BATCH_SIZE", 8)
+TORCHSERVE_MAX_BATCH_DELAY_MS = env_int("TORCHSERVE_MAX_BATCH_DELAY_MS", 5)
+# TorchServe writes its own keys (key_file.json); Gatehouse re-reads them after a rotation.
+TORCHSERVE_KEY_FILE = env_str("TORCHSERVE_KEY_FILE", "")
 
 # --- Logging -----------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
