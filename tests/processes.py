@@ -141,3 +141,42 @@ def _wait_for(
     raise RuntimeError(
         f"{what} not ready in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}"
     )
+
+
+@contextmanager
+def killable_celery_worker(
+    tmp_path: Path, *, queue: str, name: str = "worker", env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[Any]]:
+    """A real worker process on ``queue`` (solo pool: tasks run in the process itself, so a
+    SIGKILL kills the running task too); yields the process, for the test to kill."""
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(BIN / "celery"),
+                "-A",
+                "gatehouse",
+                "worker",
+                "--queues",
+                queue,
+                "--pool",
+                "solo",
+                "--hostname",
+                f"{name}-{queue}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=_env(**(env or {})),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for(lambda: b"ready." in log.read_bytes(), process, log, name)
+            yield process
+        finally:
+            if process.poll() is None:
+                _stop(process, log)

@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
-from django.http import HttpRequest
-from ninja import Header, Router
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from ninja import File, Form, Header, Router, Schema, Status
+from ninja.files import UploadedFile
+from pydantic import Field
 
-from apps.inference import routing, selectors, services
-from apps.inference.models import RoutingConfig
+from apps.inference import batch, routing, selectors, services
+from apps.inference.models import BatchJob, BatchStatus, RoutingConfig
 from apps.inference.schemas import (
     DecisionOut,
     ModelDescriptionOut,
@@ -156,3 +160,124 @@ def record_outcome(request: HttpRequest, decision_id: uuid.UUID, payload: Outcom
             user=request.user, key=api_key_of(request), decision_id=str(decision_id)
         )
     )
+
+
+# --- Batch scoring ------------------------------------------------------------------------------
+
+
+class BatchRowErrorOut(Schema):
+    row: int = Field(description="1-based data row of the uploaded CSV.")
+    error: str
+
+
+class BatchJobOut(Schema):
+    id: str
+    family: str
+    status: str = Field(description="queued, running, done or failed.")
+    input_name: str
+    input_sha256: str
+    subject_column: str
+    purpose: str
+    total_rows: int
+    rows_done: int = Field(description="Rows processed so far: scored or refused.")
+    rows_scored: int
+    rows_failed: int = Field(description="Rows refused as invalid (see row_errors).")
+    progress: float = Field(description="rows_done / total_rows, 0 to 1.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str
+    result_sha256: str | None
+    result_url: str | None
+    row_errors: list[BatchRowErrorOut] = Field(description="The first refused rows.")
+
+
+def _batch_out(job: BatchJob) -> BatchJobOut:
+    done = job.status == BatchStatus.DONE and bool(job.result_sha256)
+    return BatchJobOut(
+        id=str(job.id),
+        family=job.family.slug,
+        status=job.status,
+        input_name=job.input_name,
+        input_sha256=job.input_sha256,
+        subject_column=job.subject_column,
+        purpose=job.purpose,
+        total_rows=job.total_rows,
+        rows_done=job.rows_done,
+        rows_scored=job.rows_scored,
+        rows_failed=job.rows_failed,
+        progress=round(job.rows_done / job.total_rows, 4) if job.total_rows else 0.0,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        error=job.error,
+        result_sha256=job.result_sha256 if done else None,
+        result_url=reverse("api:batch_result", kwargs={"job_id": job.id}) if done else None,
+        row_errors=[BatchRowErrorOut(**e) for e in batch.batch_row_errors(job=job)],
+    )
+
+
+@router.post(
+    "/models/{family}/batch",
+    response={202: BatchJobOut, **PREDICT_ERRORS, 429: ErrorOut},
+    url_name="batch_submit",
+)
+def submit_batch(
+    request: HttpRequest,
+    family: str,
+    file: UploadedFile = File(...),  # noqa: B008
+    purpose: Form[str] = "",
+    subject_column: Form[str] = "",
+) -> Status[BatchJobOut]:
+    """Score a CSV in the background: multipart with ``file`` (a header row naming the
+    columns: every model input of the serving version, optionally non-input features and the
+    subject column), ``purpose`` and ``subject_column`` (required when the family needs
+    consent). 202 once the job is queued; a header that does not fit is 422 and nothing is
+    stored; 503 when the queue is unavailable (the job is then not accepted)."""
+    require_key_scope(request, action="predict")
+    key = api_key_of(request)
+    fam = registry_selectors.family_get(
+        user=request.user, slug=family, action=FamilyAction.PREDICT, key=key
+    )
+    job = batch.batch_submit(
+        family=fam,
+        user=request.user,
+        key=key,
+        file=file,
+        filename=file.name or "",
+        purpose=purpose,
+        subject_column=subject_column,
+        request_id=getattr(request, "request_id", ""),
+    )
+    return Status(202, _batch_out(job))
+
+
+@router.get("/batch/{job_id}", response={200: BatchJobOut, **ERRORS}, url_name="batch_job")
+def get_batch(request: HttpRequest, job_id: uuid.UUID) -> BatchJobOut:
+    """Status and progress of one of the caller's batch jobs (others: 404)."""
+    require_key_scope(request, action="predict")
+    job = batch.batch_job_get(user=request.user, key=api_key_of(request), job_id=job_id)
+    return _batch_out(job)
+
+
+@router.get(
+    "/batch/{job_id}/result",
+    response={**ERRORS, 409: ErrorOut},
+    url_name="batch_result",
+    openapi_extra={
+        "responses": {
+            200: {
+                "description": "The input columns, then decision_id, label, score_<label> "
+                "for each label, and error (for rows that were not scored).",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            }
+        }
+    },
+)
+def get_batch_result(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    """The result CSV of a done job, one line per input row in input order (409 before)."""
+    require_key_scope(request, action="predict")
+    job = batch.batch_job_get(user=request.user, key=api_key_of(request), job_id=job_id)
+    response = HttpResponse(batch.batch_result(job=job), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="batch-{job.id}.csv"'
+    return response

@@ -152,3 +152,100 @@ class Outcome(models.Model):
 
     def __str__(self) -> str:
         return f"outcome of {self.decision_id}"
+
+
+class BatchStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class BatchJob(models.Model):
+    """A CSV of cases scored in the background (``apps.inference.batch``), chunk by chunk.
+
+    Visible to its creator only (and, when submitted with a key, to that key only). One run
+    works a job at a time: it holds the lease (``lease_owner``) and renews ``heartbeat_at`` at
+    every committed chunk; a job whose heartbeat stopped is resumed by the sweeper.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    family = models.ForeignKey(ModelFamily, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "gatehouse.ApiKey", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    status = models.CharField(
+        max_length=10, choices=BatchStatus.choices, default=BatchStatus.QUEUED
+    )
+    # The uploaded CSV, in the artifact store under its SHA-256.
+    input_name = models.CharField(max_length=200, blank=True)
+    input_sha256 = models.CharField(max_length=64)
+    input_bytes = models.PositiveBigIntegerField(default=0)
+    subject_column = models.CharField(max_length=200, blank=True)
+    purpose = models.CharField(max_length=64, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    chunk_rows = models.PositiveIntegerField(default=200)
+    total_rows = models.PositiveIntegerField(default=0)
+    rows_done = models.PositiveIntegerField(default=0, help_text="Rows processed (scored or not).")
+    rows_failed = models.PositiveIntegerField(default=0, help_text="Rows refused as invalid.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Runs that claimed the job.")
+    lease_owner = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    result_sha256 = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["created_by", "created_at"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch job {self.id}"
+
+    @property
+    def rows_scored(self) -> int:
+        return self.rows_done - self.rows_failed
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.rows_done / self.total_rows) if self.total_rows else 0
+
+
+class BatchRowStatus(models.TextChoices):
+    OK = "ok"
+    ERROR = "error"
+
+
+class BatchRow(models.Model):
+    """The outcome of one row of a batch job: its decision, or why it was not scored.
+
+    ``(job, row_number)`` is unique: a row is recorded once, whatever crashes or races.
+    """
+
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="rows")
+    row_number = models.PositiveIntegerField(help_text="1-based data row of the input CSV.")
+    status = models.CharField(max_length=8, choices=BatchRowStatus.choices)
+    decision = models.ForeignKey(
+        Decision, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    label = models.CharField(max_length=200, blank=True)
+    scores = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["job", "row_number"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "row_number"], name="batch_row_once_per_job")
+        ]
+
+    def __str__(self) -> str:
+        return f"row {self.row_number} of {self.job_id}"

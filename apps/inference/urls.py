@@ -8,3 +8,7 @@ urlpatterns = [
     path("", views.predict_home, name="predict_home"),
     path("<slug:slug>/", views.predict_form, name="predict_form"),
 ]
+
+urlpatterns += [
+    path("<slug:slug>/batch/", views.batch_page, name="batch_page"),
+]

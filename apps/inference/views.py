@@ -231,3 +231,78 @@ def _predict(
     context["result"] = _result(body)
     context["token"] = _new_token()
     return 200, {}
+
+
+# --- Batch scoring ------------------------------------------------------------------------------
+
+BATCH_TEMPLATE = "inference/batch_page.html"
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def batch_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """Upload a CSV to score in the background, and follow one's jobs (live progress)."""
+    from django.conf import settings
+    from django.contrib import messages
+    from django.shortcuts import redirect
+
+    from apps.inference import batch
+    from apps.inference.batch_forms import BatchUploadForm
+    from apps.registry import encoding
+
+    try:
+        family = _family_to_predict(request.user, slug)
+    except ApplicationError as exc:
+        return _error_page(request, exc)
+    version = registry_selectors.production_version(family=family)
+    form = BatchUploadForm(
+        request.POST if request.method == "POST" else None,
+        request.FILES if request.method == "POST" else None,
+        consent_purpose=family.consent_purpose,
+    )
+    status, headers, error = 200, {}, None
+    if request.method == "POST":
+        status = 422
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                job = batch.batch_submit(
+                    family=family,
+                    user=request.user,
+                    key=None,
+                    file=upload,
+                    filename=upload.name or "",
+                    purpose=form.cleaned_data["purpose"],
+                    subject_column=form.cleaned_data["subject_column"],
+                    request_id=getattr(request, "request_id", ""),
+                )
+            except ApplicationError as exc:
+                status = exc.status_code
+                if status in (413, 422):
+                    form.add_service_errors(exc)
+                else:
+                    headers = dict(exc.headers)
+                    error = {"title": "Not accepted", "message": _message(exc, family)}
+            else:
+                messages.success(
+                    request, f"Batch accepted: {job.total_rows} rows are being scored."
+                )
+                return redirect("inference:batch_page", slug=family.slug)
+    signature = version.signature if version else {"features": []}
+    inputs = [f["name"] for f in encoding.model_inputs(signature)]
+    context = {
+        "family": family,
+        "version": version,
+        "not_serving": _not_serving(family, version),
+        "form": form,
+        "error": error,
+        "jobs": batch.batch_job_list(user=request.user, family=family),
+        "required_columns": inputs,
+        "optional_columns": [f["name"] for f in signature["features"] if f["name"] not in inputs],
+        "max_rows": getattr(settings, "BATCH_MAX_ROWS", 100_000),
+        "max_mb": getattr(settings, "BATCH_MAX_BYTES", 20 * 1024 * 1024) // (1024 * 1024),
+    }
+    response = render(request, BATCH_TEMPLATE, context, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response

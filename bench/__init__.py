@@ -1,0 +1,1 @@
+"""`make bench`: load benchmark of direct TorchServe against Gatehouse predict (see run.py)."""
