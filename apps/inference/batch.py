@@ -45,7 +45,7 @@ from django.db.models.functions import Coalesce
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from apps.inference import policy, routing, services
+from apps.inference import chain, policy, routing, services
 from apps.inference.backends import get_backend
 from apps.inference.models import BatchJob, BatchRow, BatchRowStatus, BatchStatus
 from apps.registry import encoding
@@ -637,10 +637,11 @@ class _Runner:
                 )
             )
             rows: list[BatchRow] = []
+            decisions = []
             for item in scored:
                 if item.number in existing:
                     continue
-                (decision,) = services.record(
+                (decision,) = services.build_decisions(
                     family=self.family,
                     version=item.choice.version,
                     route=item.choice.route,
@@ -655,6 +656,7 @@ class _Runner:
                     latency_ms=latency_ms,
                     pseudonym=item.pseudonym,
                 )
+                decisions.append(decision)
                 rows.append(
                     BatchRow(
                         job=job,
@@ -662,7 +664,7 @@ class _Runner:
                         status=BatchRowStatus.OK,
                         decision=decision,
                         label=decision.label,
-                        scores=services._reply_scores(decision.scores, config),
+                        scores=services.reply_scores(decision.scores, config),
                     )
                 )
             for number, error in errors.items():
@@ -673,6 +675,7 @@ class _Runner:
                         )
                     )
             rows.sort(key=lambda r: r.row_number)
+            chain.append(decisions)  # the whole chunk in one append: one head lock, one insert
             BatchRow.objects.bulk_create(rows)
             counts = BatchRow.objects.filter(job=job).aggregate(
                 done=Count("id"), failed=Count("id", filter=Q(status=BatchRowStatus.ERROR))

@@ -88,7 +88,7 @@ def _shape_output(labels: list[str], probabilities: list[float]) -> tuple[str, d
     return labels[best], scores
 
 
-def _reply_scores(scores: dict[str, float], config: RoutingConfig) -> dict[str, float] | None:
+def reply_scores(scores: dict[str, float], config: RoutingConfig) -> dict[str, float] | None:
     if config.output_mode == OutputMode.LABEL:
         return None
     if config.output_mode == OutputMode.TOP_K:
@@ -111,6 +111,35 @@ def record(
 ) -> list[Decision]:
     """Decision records for served rows, appended to the chain (inside the caller's transaction
     when there is one)."""
+    decisions = build_decisions(
+        family=family,
+        version=version,
+        route=route,
+        user=user,
+        key=key,
+        request=request,
+        probabilities=probabilities,
+        latency_ms=latency_ms,
+        pseudonym=pseudonym,
+    )
+    with transaction.atomic():
+        return chain.append(decisions)
+
+
+def build_decisions(
+    *,
+    family: ModelFamily,
+    version: ModelVersion,
+    route: str,
+    user: Any,
+    key: ApiKey | None,
+    request: PredictRequest,
+    probabilities: list[list[float]],
+    latency_ms: float,
+    pseudonym: str,
+) -> list[Decision]:
+    """Unsaved decision records for served rows; ``chain.append`` numbers and stores them
+    (callers that record many requests append them together, in one lock)."""
     labels = version.signature["output"]["labels"]
     decisions: list[Decision] = []
     for index, (row, probs) in enumerate(zip(request.rows, probabilities, strict=True)):
@@ -141,8 +170,7 @@ def record(
                 ),
             )
         )
-    with transaction.atomic():
-        return chain.append(decisions)
+    return decisions
 
 
 def predict(
@@ -226,7 +254,7 @@ def _body(family: ModelFamily, decisions: list[Decision], config: RoutingConfig)
             {
                 "decision_id": str(d.id),
                 "label": d.label,
-                "scores": _reply_scores(d.scores, config),
+                "scores": reply_scores(d.scores, config),
                 "model_version": d.version_label,
                 "route": d.route,
             }
