@@ -207,7 +207,13 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "task": "inference.batch_resume_stalled",
         "schedule": timedelta(seconds=30),
     },
+    "purge-idempotent-replies": {
+        "task": "inference.purge_idempotent_replies",
+        "schedule": timedelta(hours=1),
+    },
 }
+# How long a reply is kept for retries with the same Idempotency-Key.
+IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24)
 
 # --- Authentication and sessions ---------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [

@@ -362,3 +362,18 @@ def test_the_serving_page_switches_the_kill_switch_and_canary(client, caller, fa
     stranger = Client()
     stranger.force_login(caller[0])
     assert stranger.get("/serving/credit-risk/").status_code in (403, 404)
+
+
+def test_stored_idempotent_replies_are_forgotten_after_their_ttl(client, caller):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.inference import services
+    from apps.inference.models import IdempotentReply
+
+    predict(client, caller[1], HTTP_IDEMPOTENCY_KEY="old")
+    predict(client, caller[1], HTTP_IDEMPOTENCY_KEY="new")
+    IdempotentReply.objects.filter(key="old").update(created_at=timezone.now() - timedelta(days=2))
+    assert services.idempotent_replies_purge() == 1
+    assert list(IdempotentReply.objects.values_list("key", flat=True)) == ["new"]

@@ -330,3 +330,15 @@ def outcome_record(*, decision: Decision, label: str, user: Any) -> Any:
         defaults={"label": label, "recorded_by": user if user.is_authenticated else None},
     )
     return outcome
+
+
+def idempotent_replies_purge(*, older_than_hours: int | None = None) -> int:
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    hours = settings.IDEMPOTENCY_TTL_HOURS if older_than_hours is None else older_than_hours
+    cutoff = timezone.now() - timedelta(hours=hours)
+    deleted, _ = IdempotentReply.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

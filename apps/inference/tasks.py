@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
-from apps.inference import batch
+from apps.inference import batch, services
 
 
 @shared_task(name="inference.batch_run", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -19,3 +19,9 @@ def batch_run(self: Task, job_id: str, stall_s: float | None = None) -> str:
 def batch_resume_stalled(stall_s: float | None = None) -> int:
     """Send again the batch jobs whose worker stopped (periodic, Celery beat)."""
     return batch.batch_resume_stalled(stall_s=stall_s)
+
+
+@shared_task(name="inference.purge_idempotent_replies")
+def purge_idempotent_replies() -> int:
+    """Forget stored replies older than IDEMPOTENCY_TTL_HOURS (a later retry predicts anew)."""
+    return services.idempotent_replies_purge()
