@@ -377,3 +377,20 @@ def test_stored_idempotent_replies_are_forgotten_after_their_ttl(client, caller)
     IdempotentReply.objects.filter(key="old").update(created_at=timezone.now() - timedelta(days=2))
     assert services.idempotent_replies_purge() == 1
     assert list(IdempotentReply.objects.values_list("key", flat=True)) == ["new"]
+
+
+def test_blanking_the_salt_does_not_hide_an_edited_payload(client, caller):
+    _some_decisions(client, caller, n=2)
+    victim = Decision.objects.get(seq=1)
+    Decision.objects.filter(pk=victim.pk).update(
+        inputs={**victim.inputs, "income": 1.0}, payload_salt=""
+    )
+    result = chain.verify()
+    assert (result.ok, result.first_bad) == (False, str(victim.id))
+
+
+def test_reading_a_decision_honours_the_output_mode(client, caller, family):
+    decision_id = predict(client, caller[1]).json()["predictions"][0]["decision_id"]
+    RoutingConfig.objects.filter(family=family).update(output_mode="label")
+    body = client.get(f"/api/v1/decisions/{decision_id}", **caller[1]).json()
+    assert body["scores"] is None

@@ -133,7 +133,8 @@ def _decision_out(decision: Any) -> DecisionOut:
         artifact_sha256=decision.artifact_sha256,
         route=decision.route,
         label=decision.label,
-        scores=decision.scores,
+        # The family's output mode applies here too, or a label-only caller could read scores.
+        scores=services.reply_scores(decision.scores, routing.routing_for(decision.family)),
         outcome=outcome.label if outcome else None,
     )
 

@@ -109,14 +109,18 @@ def verify(decisions: Iterable[Decision] | None = None) -> Verification:
                 "link to the previous record is broken (deleted or reordered)",
                 str(d.id),
             )
-        if (
-            d.erased_at is None
-            and d.payload_salt
-            and payload_digest(
-                d.payload_salt, subject_pseudonym=d.subject_pseudonym, inputs=d.inputs
+        if d.erased_at is not None:
+            # An erased record must really be empty: its salt, subject and inputs are gone.
+            intact = not (d.payload_salt or d.subject_pseudonym or d.inputs)
+        else:
+            intact = (
+                bool(d.payload_salt)
+                and payload_digest(
+                    d.payload_salt, subject_pseudonym=d.subject_pseudonym, inputs=d.inputs
+                )
+                == d.payload_digest
             )
-            != d.payload_digest
-        ):
+        if not intact:
             return Verification(False, checked, d.seq - 1, prev, "payload was edited", str(d.id))
         if content_hash(d) != d.content_hash or link(prev, d.content_hash) != d.chain_hash:
             return Verification(False, checked, d.seq - 1, prev, "record was edited", str(d.id))

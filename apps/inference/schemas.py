@@ -75,5 +75,5 @@ class DecisionOut(Schema):
     artifact_sha256: str
     route: str
     label: str
-    scores: dict[str, float]
+    scores: dict[str, float] | None
     outcome: str | None

@@ -41,8 +41,9 @@ def _actor_tag(user: Any, key: ApiKey | None) -> str:
     return f"key:{key.pk}" if key is not None else f"user:{user.pk}"
 
 
-def _digest(request: PredictRequest) -> str:
+def _digest(family: ModelFamily, request: PredictRequest) -> str:
     body = {
+        "family": family.slug,
         "rows": request.rows,
         "subject": request.subject,
         "purpose": request.purpose,
@@ -78,7 +79,9 @@ def _recorded_inputs(version: ModelVersion, row: dict[str, Any]) -> dict[str, An
     out: dict[str, Any] = {}
     for feature in version.signature["features"]:
         value = row.get(feature["name"])
-        out[feature["name"]] = pseudonymise(str(value)) if feature.get("pii") else value
+        if value is not None and feature.get("pii"):
+            value = pseudonymise(str(value))
+        out[feature["name"]] = value
     return out
 
 
@@ -182,7 +185,7 @@ def predict(
     if request.idempotency_key:
         previous = IdempotentReply.objects.filter(actor=actor, key=request.idempotency_key).first()
         if previous is not None:
-            return _replay(previous, request)
+            return _replay(previous, family, request)
     config = routing.routing_for(family)
     routing.ensure_serving(family, config)  # the kill-switch answers before anything else
     if family.consent_purpose and not request.subject:
@@ -230,7 +233,7 @@ def predict(
                 IdempotentReply.objects.create(
                     actor=actor,
                     key=request.idempotency_key,
-                    request_digest=_digest(request),
+                    request_digest=_digest(family, request),
                     status=200,
                     body=body,
                 )
@@ -241,7 +244,7 @@ def predict(
         previous = IdempotentReply.objects.filter(actor=actor, key=request.idempotency_key).first()
         if previous is None:
             raise
-        return _replay(previous, request)
+        return _replay(previous, family, request)
     if config.shadow_version_id:
         _shadow(config, request, decisions)
     return 200, body
@@ -263,8 +266,10 @@ def _body(family: ModelFamily, decisions: list[Decision], config: RoutingConfig)
     }
 
 
-def _replay(previous: IdempotentReply, request: PredictRequest) -> tuple[int, dict[str, Any]]:
-    if previous.request_digest != _digest(request):
+def _replay(
+    previous: IdempotentReply, family: ModelFamily, request: PredictRequest
+) -> tuple[int, dict[str, Any]]:
+    if previous.request_digest != _digest(family, request):
         raise Conflict(
             "This Idempotency-Key was used with a different request.", code="idempotency_conflict"
         )
@@ -276,8 +281,8 @@ def _shadow(config: RoutingConfig, request: PredictRequest, served: list[Decisio
     from apps.inference.shadow import submit
 
     shadow = config.shadow_version
-    if shadow is None or shadow.pk == served[0].version_id:
-        return
+    if shadow is None or shadow.pk == served[0].version_id or shadow.status not in routing.SERVABLE:
+        return  # only approved versions receive traffic, shadow traffic too
     pseudonym = served[0].subject_pseudonym
     transaction.on_commit(
         lambda: submit(shadow_version_id=shadow.pk, request=request, pseudonym=pseudonym)
