@@ -88,6 +88,13 @@ class ApiKeyAuth(HttpBearer):
 class VerifiedSessionAuth(SessionAuth):
     """The browser session (with CSRF); 2FA roles must have verified their session."""
 
+    def __call__(self, request: HttpRequest) -> Any:
+        # A request that brings an API key is judged by the key alone: a bad key is a 401,
+        # not a fall-through to the session (and its CSRF check).
+        if request.META.get("HTTP_AUTHORIZATION"):
+            return None
+        return super().__call__(request)
+
     def authenticate(self, request: HttpRequest, key: str | None) -> Any:
         user = super().authenticate(request, key)
         if user and user_requires_otp(user) and not is_verified(request.user):

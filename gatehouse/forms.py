@@ -43,7 +43,7 @@ class OTPTokenForm(forms.Form):
         max_length=16,
         min_length=6,
         widget=forms.TextInput(
-            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}
+            attrs={"autocomplete": "one-time-code", "autocapitalize": "none", "autofocus": True}
         ),
         help_text="The 6-digit code from your authenticator app, or a backup code.",
     )

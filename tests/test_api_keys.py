@@ -197,3 +197,9 @@ def test_model_level_grants_show_up_as_actions(client, make_user, family):
     client.force_login(user)
     (listed,) = client.get("/api/v1/registry/families").json()
     assert listed["actions"] == ["view", "predict"]
+
+
+def test_a_bad_key_on_a_post_gets_401_not_a_csrf_error(client, api_key):
+    response = client.post("/api/v1/keys/1/revoke", HTTP_AUTHORIZATION="Bearer gh_wrong")
+    assert response.status_code == 401
+    assert response.json()["code"] == "not_authenticated"

@@ -391,6 +391,6 @@ def test_blanking_the_salt_does_not_hide_an_edited_payload(client, caller):
 
 def test_reading_a_decision_honours_the_output_mode(client, caller, family):
     decision_id = predict(client, caller[1]).json()["predictions"][0]["decision_id"]
-    RoutingConfig.objects.filter(family=family).update(output_mode="label")
+    RoutingConfig.objects.update_or_create(family=family, defaults={"output_mode": "label"})
     body = client.get(f"/api/v1/decisions/{decision_id}", **caller[1]).json()
     assert body["scores"] is None

@@ -24,10 +24,14 @@ class Choice:
 
 
 def routing_for(family: ModelFamily) -> RoutingConfig:
-    config, _ = RoutingConfig.objects.select_related(
-        "canary_version", "shadow_version"
-    ).get_or_create(family=family)
-    return config
+    """The family's routing; the defaults (unsaved) until someone changes them, so that the
+    audit trail shows who set a routing, not who happened to predict first."""
+    config = (
+        RoutingConfig.objects.select_related("canary_version", "shadow_version")
+        .filter(family=family)
+        .first()
+    )
+    return config or RoutingConfig(family=family)
 
 
 def bucket(family: ModelFamily, sticky_key: str) -> int:
