@@ -657,7 +657,8 @@ def test_the_api_serves_through_torchserve_and_records_the_decision(
     decision = Decision.objects.get(pk=prediction["decision_id"])
     assert decision.artifact_sha256 == v1.artifact_sha256
     (expected,) = local.predict(v1, data)
-    assert list(decision.scores.values()) == pytest.approx(expected, abs=1e-5)
+    labels = decision.version.signature["output"]["labels"]
+    assert [decision.scores[x] for x in labels] == pytest.approx(expected, abs=1e-5)
 
 
 def test_the_api_answers_503_with_retry_after_and_records_nothing_when_torchserve_is_down(
@@ -690,4 +691,5 @@ def test_with_the_local_fallback_a_prediction_is_served_while_torchserve_is_down
     assert response.status_code == 200, response.content
     decision = Decision.objects.get(pk=response.json()["predictions"][0]["decision_id"])
     (expected,) = local.predict(v1, data)
-    assert list(decision.scores.values()) == pytest.approx(expected, abs=1e-5)
+    labels = decision.version.signature["output"]["labels"]
+    assert [decision.scores[x] for x in labels] == pytest.approx(expected, abs=1e-5)

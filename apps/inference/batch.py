@@ -47,7 +47,7 @@ from django.utils import timezone
 
 from apps.inference import chain, policy, routing, services
 from apps.inference.backends import get_backend
-from apps.inference.models import BatchJob, BatchRow, BatchRowStatus, BatchStatus
+from apps.inference.models import BatchJob, BatchRow, BatchRowStatus, BatchStatus, Decision
 from apps.registry import encoding
 from apps.registry import selectors as registry_selectors
 from apps.registry.artifacts import ArtifactMissing, ArtifactStore, ArtifactTampered
@@ -704,7 +704,13 @@ class _Runner:
                 f"Stopped: {len(missing)} rows have no result (first: {missing[:5]}); "
                 "the job's records are inconsistent."
             )
-        labels: list[str] = []
+        # Score columns in the model's label order (JSON objects keep no order on PostgreSQL).
+        signature = (
+            Decision.objects.filter(pk__in=[r[1] for r in recorded.values() if r[1]])
+            .values_list("version__signature", flat=True)
+            .first()
+        )
+        labels: list[str] = list((signature or {}).get("output", {}).get("labels", []))
         for _, _, _, scores, _ in recorded.values():
             for label in scores or {}:
                 if label not in labels:
