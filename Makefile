@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 export DJANGO_SETTINGS_MODULE := gatehouse.settings
 
-.PHONY: install run migrate demo test lint typecheck test-only clean
+.PHONY: install run migrate demo test lint typecheck test-only clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + ")")'
@@ -45,6 +45,22 @@ test-only: install
 	$(BIN)/pytest
 
 test: lint typecheck test-only
+
+# Load benchmark: TorchServe direct vs Gatehouse predict (see bench/run.py, docs/performance.md).
+# Dev tools only, never project dependencies: wrk (Debian package) and granian + py-spy installed
+# with pip --target into var/bench-tools; without them it falls back to a Python load client,
+# uvicorn and no profile.
+BENCH_TOOLS := var/bench-tools
+bench: install
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; }; }; } || \
+		echo "wrk is not installed: bench uses its multi-process Python client"
+	@test -x $(BENCH_TOOLS)/bin/py-spy -a -d $(BENCH_TOOLS)/granian || \
+		$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target $(BENCH_TOOLS) \
+			granian==2.8.9 py-spy==0.4.3 || \
+		echo "granian/py-spy not installed: bench uses uvicorn and skips the profile"
+	BENCH_TOOLS=$(BENCH_TOOLS) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,1 +1,0 @@
-"""`make bench`: load benchmark of direct TorchServe against Gatehouse predict (see run.py)."""
