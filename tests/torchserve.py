@@ -27,40 +27,17 @@ from urllib.parse import quote, urlencode, urlsplit
 import psutil
 import pytest
 
-BIN = Path(sys.executable).parent
-JAVA_MAIN_CLASS = "org.pytorch.serve.ModelServer"
-START_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 30.0
-# Worker sockets live in TEMP as .ts.sock.<n>; a Unix socket path must stay under 108 bytes.
-MAX_TEMP_PATH = 70
+from apps.inference.torchserve_server import (
+    JAVA_MAIN_CLASS,
+    LOG4J2_XML,
+    MAX_TEMP_PATH,
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    find_java,
+    properties_value,
+)
 
-LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- Quiet logging for tests: no access log, no metrics log (trap 4). Handler tracebacks are
-     logged by the worker at INFO under MODEL_LOG, so that one stays at INFO. -->
-<Configuration>
-  <Appenders>
-    <Console name="STDOUT" target="SYSTEM_OUT">
-      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
-    </Console>
-  </Appenders>
-  <Loggers>
-    <Logger name="ACCESS_LOG" level="off" additivity="false"/>
-    <Logger name="TS_METRICS" level="off" additivity="false"/>
-    <Logger name="MODEL_METRICS" level="off" additivity="false"/>
-    <Logger name="io.netty" level="error"/>
-    <Logger name="org.apache" level="off"/>
-    <Logger name="MODEL_LOG" level="info" additivity="false">
-      <AppenderRef ref="STDOUT"/>
-    </Logger>
-    <Logger name="org.pytorch.serve" level="warn" additivity="false">
-      <AppenderRef ref="STDOUT"/>
-    </Logger>
-    <Root level="warn">
-      <AppenderRef ref="STDOUT"/>
-    </Root>
-  </Loggers>
-</Configuration>
-"""
+BIN = Path(sys.executable).parent
 
 
 class TorchServeError(RuntimeError):
@@ -197,17 +174,9 @@ def mar_identity(mar: Path) -> tuple[str, str]:
     return manifest["model"]["modelName"], manifest["model"]["modelVersion"]
 
 
-def _java() -> str | None:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home:  # the launcher runs $JAVA_HOME/bin/java when JAVA_HOME is set
-        candidate = Path(java_home) / "bin" / "java"
-        return str(candidate) if os.access(candidate, os.X_OK) else None
-    return shutil.which("java")
-
-
-def _require_java() -> None:
+def _requirefind_java() -> None:
     problem = None
-    if _java() is None:
+    if find_java() is None:
         problem = "TorchServe needs Java 17: `java` is not on PATH (or JAVA_HOME is wrong)"
     elif not (BIN / "torchserve").exists():
         problem = f"the torchserve launcher is not installed in {BIN}"
@@ -228,11 +197,6 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _properties_value(value: str) -> str:
-    """Java .properties treats backslashes as escapes."""
-    return value.replace("\\", "\\\\")
-
-
 def _write_config(home: Path, model_store: Path, *, token_auth: bool) -> dict[str, Any]:
     inference, management, metrics, grpc_inference, grpc_management = _free_ports(5)
     store = model_store.resolve()
@@ -245,12 +209,12 @@ def _write_config(home: Path, model_store: Path, *, token_auth: bool) -> dict[st
         "grpc_management_address=127.0.0.1",
         f"grpc_inference_port={grpc_inference}",
         f"grpc_management_port={grpc_management}",
-        f"model_store={_properties_value(str(store))}",
+        f"model_store={properties_value(str(store))}",
         "enable_model_api=true",
         f"disable_token_authorization={'false' if token_auth else 'true'}",
         "metrics_mode=prometheus",
         "install_py_dep_per_model=false",
-        f"allowed_urls={_properties_value(allowed)}",
+        f"allowed_urls={properties_value(allowed)}",
         "vmargs=-Xmx256m",
     ]
     (home / "config.properties").write_text("\n".join(lines) + "\n")
@@ -374,7 +338,7 @@ def torchserve(
     Skips the test when Java is missing (fails instead when CI=true). With ``token_auth``
     the instance reads key_file.json and sends the bearer keys itself.
     """
-    _require_java()
+    _requirefind_java()
     for attempt in range(3):
         with ExitStack() as stack:
             home = Path(tempfile.mkdtemp(prefix="torchserve-", dir=tmp_path))

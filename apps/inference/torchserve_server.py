@@ -171,7 +171,7 @@ class ServerConfig:
         }
 
 
-def _properties_value(value: str) -> str:
+def properties_value(value: str) -> str:
     """Java .properties treats backslashes as escapes."""
     return value.replace("\\", "\\\\")
 
@@ -188,13 +188,13 @@ def render_properties(config: ServerConfig) -> str:
         f"grpc_management_address={_host(config.management_url)}",
         f"grpc_inference_port={config.grpc_inference_port}",
         f"grpc_management_port={config.grpc_management_port}",
-        f"model_store={_properties_value(store)}",
+        f"model_store={properties_value(store)}",
         "enable_model_api=true",
         f"disable_token_authorization={'false' if config.token_auth else 'true'}",
         "metrics_mode=prometheus",
         "install_py_dep_per_model=false",
         "enable_envvars_config=false",
-        f"allowed_urls={_properties_value(allowed)}",
+        f"allowed_urls={properties_value(allowed)}",
         f"default_workers_per_model={config.workers_per_model}",
         f"vmargs=-Xmx{config.heap_mb}m -XX:+ExitOnOutOfMemoryError",
     ]
