@@ -239,29 +239,31 @@ def version_validate(*, version: ModelVersion, user: Any) -> list[GateResult]:
     return results
 
 
-def _four_eyes(version: ModelVersion, user: Any) -> None:
+def _decide(version: ModelVersion, user: Any, reason: str, verb: str) -> str:
+    """The checks of an approval decision (approve or reject); returns the cleaned reason."""
+    _require(user, version.family, FamilyAction.APPROVE)
     if version.created_by_id == user.pk:
         raise PermissionDenied(
             "Four-eyes rule: the person who registered a version cannot approve or reject it.",
             code="four_eyes",
         )
+    if not reason.strip():
+        raise ValidationFailed.for_field("reason", "A written reason is required.")
+    if version.status != S.VALIDATED:
+        raise Conflict(
+            f"{version} is {version.status}; only validated versions are {verb}.",
+            code="invalid_transition",
+        )
+    return reason.strip()
 
 
 @transaction.atomic
 def version_approve(*, version: ModelVersion, user: Any, reason: str) -> ModelVersion:
     """Approve a validated version whose gates all passed (approver, not its registrant)."""
-    _require(user, version.family, FamilyAction.APPROVE)
-    _four_eyes(version, user)
-    if not reason.strip():
-        raise ValidationFailed.for_field("reason", "A written reason is required.")
-    if version.status != S.VALIDATED:
-        raise Conflict(
-            f"{version} is {version.status}; only validated versions are approved.",
-            code="invalid_transition",
-        )
+    reason = _decide(version, user, reason, "approved")
     if not version.gates.exists() or version.gates.filter(passed=False).exists():
         raise Conflict(f"{version} has failed promotion gates.", code="gates_failed")
-    _transition(version, S.APPROVED, actor=user, reason=reason.strip())
+    _transition(version, S.APPROVED, actor=user, reason=reason)
     transaction.on_commit(lambda: _enqueue_packaging(version.pk))
     return version
 
@@ -274,16 +276,8 @@ def _enqueue_packaging(version_id: int) -> None:
 
 @transaction.atomic
 def version_reject(*, version: ModelVersion, user: Any, reason: str) -> ModelVersion:
-    _require(user, version.family, FamilyAction.APPROVE)
-    _four_eyes(version, user)
-    if not reason.strip():
-        raise ValidationFailed.for_field("reason", "A written reason is required.")
-    if version.status != S.VALIDATED:
-        raise Conflict(
-            f"{version} is {version.status}; only validated versions are rejected.",
-            code="invalid_transition",
-        )
-    return _transition(version, S.REJECTED, actor=user, reason=reason.strip())
+    reason = _decide(version, user, reason, "rejected")
+    return _transition(version, S.REJECTED, actor=user, reason=reason)
 
 
 @transaction.atomic
