@@ -115,3 +115,25 @@ def api_key(make_user: Callable[..., Any], family: Any) -> Callable[..., tuple[A
 
 def bearer(raw: str) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+@pytest.fixture
+def owner(family: Any) -> Any:
+    return family.owner
+
+
+@pytest.fixture
+def owner_client(owner: Any) -> Client:
+    client = Client()
+    client.force_login(owner)
+    return client
+
+
+@pytest.fixture
+def approver(make_user: Callable[..., Any], family: Any) -> Any:
+    """An approver of ``family`` (view + approve)."""
+    user = make_user(Role.APPROVER, username="approver")
+    registry_services.family_grant(
+        family=family, to=user, actions=[FamilyAction.VIEW, FamilyAction.APPROVE]
+    )
+    return user

@@ -123,3 +123,31 @@ class Registration:
             "artifact": SimpleUploadedFile("model.pt", artifact or state_dict_bytes()),
             "validation": SimpleUploadedFile("validation.csv", validation or validation_csv()),
         }
+
+
+def register(family: Any, owner: Any, reg: Registration | None = None, **files: bytes) -> Any:
+    """Register a version of the test model (files default to the model and its CSV)."""
+    from apps.registry import services
+    from apps.registry.schemas import VersionMetadata
+
+    reg = reg or Registration()
+    return services.version_register(
+        family=family,
+        user=owner,
+        metadata=VersionMetadata.model_validate(reg.metadata()),
+        artifact=io.BytesIO(files.get("artifact") or state_dict_bytes()),
+        validation=io.BytesIO(files.get("validation") or validation_csv()),
+    )
+
+
+def serve(family: Any, owner: Any, approver: Any, number: str, target: str = "production") -> Any:
+    """Register, validate, approve and (unless ``target`` is empty) deploy a version."""
+    from apps.registry import services
+
+    version = register(family, owner, Registration(version=number))
+    services.version_validate(version=version, user=owner)
+    services.version_approve(version=version, user=approver, reason="ok to serve")
+    if target:
+        services.version_deploy(version=version, user=owner, target=target)
+    version.refresh_from_db()
+    return version

@@ -24,7 +24,7 @@ from apps.registry import services as registry_services
 from apps.registry.permissions import FamilyAction
 from gatehouse.pseudonyms import pseudonymise
 from gatehouse.roles import Role
-from tests.test_inference import _serve
+from tests.registry_models import serve
 
 pytestmark = pytest.mark.django_db
 
@@ -106,7 +106,7 @@ def approver(make_user, family):
 
 @pytest.fixture
 def v1(family, approver):
-    return _serve(family, family.owner, approver, "1.0.0")
+    return serve(family, family.owner, approver, "1.0.0")
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ def test_each_chunk_pushes_progress_to_its_creator_only(
 def test_canary_routing_applies_row_by_row_and_sticks_to_the_subject(family, approver, clerk):
     from apps.inference.routing import bucket
 
-    v2 = _serve(family, family.owner, approver, "2.0.0", target="")
+    v2 = serve(family, family.owner, approver, "2.0.0", target="")
     RoutingConfig.objects.update_or_create(
         family=family, defaults={"canary_version": v2, "canary_percent": 40}
     )

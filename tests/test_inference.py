@@ -18,8 +18,7 @@ from apps.registry.permissions import FamilyAction
 from gatehouse import services as platform_services
 from gatehouse.errors import PermissionDenied, ValidationFailed
 from gatehouse.roles import Role
-from tests.registry_models import Registration
-from tests.test_registry import register
+from tests.registry_models import Registration, register, serve
 
 pytestmark = pytest.mark.django_db
 
@@ -38,16 +37,6 @@ def _isolated(settings, tmp_path, monkeypatch):
     reset_backends()
 
 
-def _serve(family, owner, approver, number, target="production"):
-    version = register(family, owner, Registration(version=number))
-    registry_services.version_validate(version=version, user=owner)
-    registry_services.version_approve(version=version, user=approver, reason="ok to serve")
-    if target:
-        registry_services.version_deploy(version=version, user=owner, target=target)
-    version.refresh_from_db()
-    return version
-
-
 @pytest.fixture
 def approver(make_user, family):
     user = make_user(Role.APPROVER, username="approver")
@@ -57,7 +46,7 @@ def approver(make_user, family):
 
 @pytest.fixture
 def v1(family, approver):
-    return _serve(family, family.owner, approver, "1.0.0")
+    return serve(family, family.owner, approver, "1.0.0")
 
 
 @pytest.fixture
@@ -173,7 +162,7 @@ def test_a_key_without_predict_and_a_user_without_the_right_are_refused(
 
 
 def test_canary_traffic_is_split_and_sticky_by_subject(family, approver, v1, caller):
-    v2 = _serve(family, family.owner, approver, "2.0.0", target="")
+    v2 = serve(family, family.owner, approver, "2.0.0", target="")
     RoutingConfig.objects.update_or_create(
         family=family, defaults={"canary_version": v2, "canary_percent": 30}
     )
@@ -232,7 +221,7 @@ def test_policy_checks_run_before_predicting_and_can_refuse(client, caller):
 def test_shadow_output_is_recorded_but_never_returned(family, approver, v1, caller):
     from apps.inference import shadow
 
-    v2 = _serve(family, family.owner, approver, "2.0.0", target="")
+    v2 = serve(family, family.owner, approver, "2.0.0", target="")
     RoutingConfig.objects.update_or_create(family=family, defaults={"shadow_version": v2})
     futures = []
     real_submit = shadow.submit

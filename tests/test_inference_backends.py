@@ -18,7 +18,7 @@ from apps.registry import encoding, loading
 from apps.registry.artifacts import ArtifactStore, ArtifactTampered
 from apps.registry.loading import load_version as unpatched_load_version
 from gatehouse.models import Alert
-from tests.test_registry import register
+from tests.registry_models import register
 
 pytestmark = pytest.mark.django_db
 

@@ -34,9 +34,8 @@ from apps.registry.artifacts import default_store
 from apps.registry.permissions import FamilyAction
 from gatehouse.errors import ValidationFailed
 from gatehouse.roles import Role
-from tests.registry_models import Registration, build_model, state_dict_bytes
+from tests.registry_models import Registration, build_model, register, state_dict_bytes
 from tests.test_inference_backends import rows, run_threads
-from tests.test_registry import register
 from tests.torchserve import TorchServeInstance, torchserve
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]

@@ -13,7 +13,7 @@ from apps.registry import services as registry_services
 from apps.registry.permissions import FamilyAction
 from gatehouse.roles import Role
 from tests.factories import ModelFamilyFactory
-from tests.test_inference import _serve
+from tests.registry_models import serve
 
 pytestmark = pytest.mark.django_db
 
@@ -50,7 +50,7 @@ def approver(make_user, family):
 
 @pytest.fixture
 def v1(family, approver):
-    return _serve(family, family.owner, approver, "1.0.0")
+    return serve(family, family.owner, approver, "1.0.0")
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ from apps.registry.artifacts import ArtifactStore, ArtifactTampered
 from apps.registry.loading import load_version
 from apps.registry.models import ModelVersion, VersionStatus, VersionTransition
 from apps.registry.permissions import FamilyAction
-from apps.registry.schemas import VersionMetadata
 from gatehouse.errors import Conflict, PermissionDenied
 from gatehouse.models import Alert
 from gatehouse.roles import Role
-from tests.registry_models import Registration, state_dict_bytes, validation_csv
+from tests.registry_models import Registration, register, validation_csv
 
 pytestmark = pytest.mark.django_db
 
@@ -25,38 +24,6 @@ URL = "/api/v1/registry/families/credit-risk/versions"
 @pytest.fixture(autouse=True)
 def _artifact_store(settings, tmp_path):
     settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
-
-
-@pytest.fixture
-def owner(family):
-    return family.owner
-
-
-@pytest.fixture
-def owner_client(owner):
-    client = Client()
-    client.force_login(owner)
-    return client
-
-
-@pytest.fixture
-def approver(make_user, family):
-    user = make_user(Role.APPROVER, username="approver")
-    services.family_grant(family=family, to=user, actions=[FamilyAction.VIEW, FamilyAction.APPROVE])
-    return user
-
-
-def register(family, owner, reg=None, **files):
-    import io
-
-    reg = reg or Registration()
-    return services.version_register(
-        family=family,
-        user=owner,
-        metadata=VersionMetadata.model_validate(reg.metadata()),
-        artifact=io.BytesIO(files.get("artifact") or state_dict_bytes()),
-        validation=io.BytesIO(files.get("validation") or validation_csv()),
-    )
 
 
 def stored_files(settings):

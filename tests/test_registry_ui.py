@@ -38,25 +38,6 @@ def _no_packaging(monkeypatch):
 
 
 @pytest.fixture
-def owner(family):
-    return family.owner
-
-
-@pytest.fixture
-def owner_client(owner):
-    client = Client()
-    client.force_login(owner)
-    return client
-
-
-@pytest.fixture
-def approver(make_user, family):
-    user = make_user(Role.APPROVER, username="approver")
-    services.family_grant(family=family, to=user, actions=[FamilyAction.VIEW, FamilyAction.APPROVE])
-    return user
-
-
-@pytest.fixture
 def approver_client(approver, verified_client):
     return verified_client(approver)
 

@@ -100,35 +100,6 @@ def reply_scores(scores: dict[str, float], config: RoutingConfig) -> dict[str, f
     return scores
 
 
-def record(
-    *,
-    family: ModelFamily,
-    version: ModelVersion,
-    route: str,
-    user: Any,
-    key: ApiKey | None,
-    request: PredictRequest,
-    probabilities: list[list[float]],
-    latency_ms: float,
-    pseudonym: str,
-) -> list[Decision]:
-    """Decision records for served rows, appended to the chain (inside the caller's transaction
-    when there is one)."""
-    decisions = build_decisions(
-        family=family,
-        version=version,
-        route=route,
-        user=user,
-        key=key,
-        request=request,
-        probabilities=probabilities,
-        latency_ms=latency_ms,
-        pseudonym=pseudonym,
-    )
-    with transaction.atomic():
-        return chain.append(decisions)
-
-
 def build_decisions(
     *,
     family: ModelFamily,
@@ -217,16 +188,18 @@ def predict(
     latency_ms = (time.perf_counter() - started) * 1000
     try:
         with transaction.atomic():
-            decisions = record(
-                family=family,
-                version=version,
-                route=choice.route,
-                user=user,
-                key=key,
-                request=request,
-                probabilities=probabilities,
-                latency_ms=latency_ms,
-                pseudonym=pseudonym,
+            decisions = chain.append(
+                build_decisions(
+                    family=family,
+                    version=version,
+                    route=choice.route,
+                    user=user,
+                    key=key,
+                    request=request,
+                    probabilities=probabilities,
+                    latency_ms=latency_ms,
+                    pseudonym=pseudonym,
+                )
             )
             body = _body(family, decisions, config)
             if request.idempotency_key:

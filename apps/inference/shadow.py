@@ -8,7 +8,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 if TYPE_CHECKING:
     from apps.inference.services import PredictRequest
@@ -22,9 +22,10 @@ def submit(*, shadow_version_id: int, request: PredictRequest, pseudonym: str) -
 
 
 def _run(shadow_version_id: int, request: PredictRequest, pseudonym: str) -> None:
+    from apps.inference import chain
     from apps.inference.backends import get_backend
     from apps.inference.models import Route
-    from apps.inference.services import record
+    from apps.inference.services import build_decisions
     from apps.registry import encoding
     from apps.registry.models import ModelVersion
 
@@ -36,7 +37,7 @@ def _run(shadow_version_id: int, request: PredictRequest, pseudonym: str) -> Non
             return
         started = time.perf_counter()
         probabilities = get_backend().predict(version, request.rows)
-        record(
+        decisions = build_decisions(
             family=version.family,
             version=version,
             route=Route.SHADOW,
@@ -47,6 +48,8 @@ def _run(shadow_version_id: int, request: PredictRequest, pseudonym: str) -> Non
             latency_ms=(time.perf_counter() - started) * 1000,
             pseudonym=pseudonym,
         )
+        with transaction.atomic():
+            chain.append(decisions)
     except Exception:
         logger.exception("shadow prediction on version %s failed", shadow_version_id)
     finally:
