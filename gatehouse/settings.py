@@ -133,10 +133,11 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not ":memory:", so that tests can share the database with a real worker process.
     _db["TEST"] = {"NAME": str(VAR_DIR / "test-gatehouse.sqlite3")}
-else:
-    # Tests close connections at once, so that the test database can be dropped afterwards.
-    _db["CONN_MAX_AGE"] = 0 if TESTING else env_int("DATABASE_CONN_MAX_AGE", 60)
-    _db["CONN_HEALTH_CHECKS"] = True
+# Persistent connections: a new SQLite connection reloads the schema and prepares every
+# statement again (several ms per request), a new PostgreSQL one costs a backend process.
+# Tests close connections at once, so that the test database can be dropped afterwards.
+_db["CONN_MAX_AGE"] = 0 if TESTING else env_int("DATABASE_CONN_MAX_AGE", 60)
+_db["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
