@@ -69,7 +69,7 @@ def predict(
 ) -> Any:
     """Predict for 1..N rows. Each row gets a decision record before the reply is sent."""
     require_key_scope(request, action="predict")
-    fam = registry_selectors.family_get(
+    fam = registry_selectors.family_for_serving(
         user=request.user, slug=family, action=FamilyAction.PREDICT, key=api_key_of(request)
     )
     _, body = services.predict(

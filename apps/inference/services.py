@@ -157,7 +157,8 @@ def predict(
         previous = IdempotentReply.objects.filter(actor=actor, key=request.idempotency_key).first()
         if previous is not None:
             return _replay(previous, family, request)
-    config = routing.routing_for(family)
+    serving = routing.serving(family)
+    config = serving.config
     routing.ensure_serving(family, config)  # the kill-switch answers before anything else
     if family.consent_purpose and not request.subject:
         raise ValidationFailed.for_field(
@@ -176,9 +177,10 @@ def predict(
             n_rows=len(request.rows),
         )
     )
-    choice = routing.choose(
+    choice = routing.choose_among(
         family=family,
         config=config,
+        production=serving.production,
         sticky_key=pseudonym or request.request_id,
         jurisdiction=request.jurisdiction,
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from django.contrib.auth.models import Group
+from django.contrib.contenttypes.models import ContentType
 from django.db.models import Q, QuerySet
 from guardian.core import ObjectPermissionChecker
+from guardian.models import GroupObjectPermission, UserObjectPermission
 from guardian.shortcuts import get_groups_with_perms, get_objects_for_user, get_users_with_perms
 
 from apps.registry.models import (
@@ -18,6 +21,7 @@ from apps.registry.models import (
 )
 from apps.registry.permissions import FamilyAction
 from gatehouse.errors import NotFound, PermissionDenied
+from gatehouse.freshness import Fingerprint, FreshMemo, fingerprint
 from gatehouse.models import ApiKey
 
 
@@ -50,22 +54,104 @@ def family_get(
     family = None
     if getattr(user, "is_authenticated", False) and user.is_active:
         family = ModelFamily.objects.select_related("owner").filter(slug=slug).first()
-    if family is None or (key is not None and key.families and slug not in key.families):
+    if family is None:
         raise NotFound(f"No model family '{slug}'.")
+    return _checked(family, _held_actions(user, family), user=user, action=action, key=key)
+
+
+def _held_actions(user: Any, family: ModelFamily) -> frozenset[FamilyAction]:
+    """What ``user`` holds on ``family``: one guardian checker, model-level grants included."""
     checker = ObjectPermissionChecker(user)
+    return frozenset(
+        wanted
+        for wanted in FamilyAction
+        if user.has_perm(wanted.perm) or checker.has_perm(wanted.perm, family)
+    )
 
-    def holds(wanted: FamilyAction) -> bool:
-        return bool(user.has_perm(wanted.perm)) or checker.has_perm(wanted.perm, family)
 
-    if not holds(FamilyAction.VIEW):
+def _checked(
+    family: ModelFamily,
+    held: frozenset[FamilyAction],
+    *,
+    user: Any,
+    action: FamilyAction,
+    key: ApiKey | None,
+) -> ModelFamily:
+    slug = family.slug
+    if key is not None and key.families and slug not in key.families:
+        raise NotFound(f"No model family '{slug}'.")
+    if FamilyAction.VIEW not in held:
         raise NotFound(f"No model family '{slug}'.")
     if key is not None and action.value not in key.actions:
         raise PermissionDenied(
             f"This API key does not allow '{action.value}' on '{slug}'.", code="key_scope"
         )
-    if action is not FamilyAction.VIEW and not holds(action):
+    if action not in held:
         raise PermissionDenied(f"You may not {action.value} '{slug}'.")
     return family
+
+
+_serving_families: FreshMemo[tuple[ModelFamily, frozenset[FamilyAction]] | None] = FreshMemo()
+
+
+def _access_rows(user: Any, slug: str) -> Fingerprint:
+    """Every row the answer of ``family_get`` depends on, beyond the user row itself: the
+    family's row, the user's and their groups' model-level permissions, and the user's and
+    their groups' object permissions on the family."""
+    family_table = ModelFamily._meta.db_table
+    user_perms = user._meta.get_field("user_permissions").remote_field.through._meta.db_table
+    user_groups = user._meta.get_field("groups").remote_field.through._meta.db_table
+    group_perms = Group.permissions.through._meta.db_table
+    user_object = UserObjectPermission._meta.db_table
+    group_object = GroupObjectPermission._meta.db_table
+    family_rows = fingerprint(
+        f"SELECT f.id, f.* FROM {family_table} f WHERE f.slug = %s",  # noqa: S608 (table names)
+        [slug],
+    )
+    if not family_rows:
+        return ()
+    uid, object_pk = user.pk, str(family_rows[0][0])
+    content_type = ContentType.objects.get_for_model(ModelFamily).pk  # cached by Django
+    return family_rows + fingerprint(
+        f"SELECT 'u', permission_id FROM {user_perms} WHERE user_id = %s "  # noqa: S608
+        f"UNION ALL SELECT 'g', gp.permission_id FROM {group_perms} gp "
+        f"JOIN {user_groups} ug ON ug.group_id = gp.group_id WHERE ug.user_id = %s "
+        f"UNION ALL SELECT 'ou', permission_id FROM {user_object} "
+        "WHERE user_id = %s AND content_type_id = %s AND object_pk = %s "
+        f"UNION ALL SELECT 'og', go.permission_id FROM {group_object} go "
+        f"JOIN {user_groups} ug ON ug.group_id = go.group_id "
+        "WHERE ug.user_id = %s AND go.content_type_id = %s AND go.object_pk = %s "
+        "ORDER BY 1, 2",
+        [uid, uid, uid, content_type, object_pk, uid, content_type, object_pk],
+    )
+
+
+def family_for_serving(
+    *, user: Any, slug: str, action: FamilyAction, key: ApiKey | None = None
+) -> ModelFamily:
+    """``family_get`` for the predict path, with the same answers (404, 403, the family).
+
+    The family and what the user holds on it are built once per process and reused while the
+    rows they come from are unchanged (``gatehouse.freshness``): two raw, indexed reads per
+    request instead of five ORM queries. The rows are read on every call, so a grant, a
+    revocation or a change of the family applies to the very next request. The family comes
+    without its owner loaded; it is shared by the requests of a process, so treat it as
+    read-only.
+    """
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        raise NotFound(f"No model family '{slug}'.")
+
+    def build() -> tuple[ModelFamily, frozenset[FamilyAction]] | None:
+        family = ModelFamily.objects.filter(slug=slug).first()
+        return None if family is None else (family, _held_actions(user, family))
+
+    # A superuser holds everything; the flag comes from the user row read with the key.
+    memo_key = (user.pk, bool(user.is_superuser), slug)
+    found = _serving_families.get(memo_key, lambda: _access_rows(user, slug), build)
+    if found is None:
+        raise NotFound(f"No model family '{slug}'.")
+    family, held = found
+    return _checked(family, held, user=user, action=action, key=key)
 
 
 def family_actions(
