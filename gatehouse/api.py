@@ -185,5 +185,6 @@ api.add_router("/", platform_router)
 for _prefix, _router in (
     ("/registry/", "apps.registry.api.router"),
     ("/", "apps.inference.api.router"),
+    ("/", "apps.compliance.api.router"),
 ):
     api.add_router(_prefix, _router)

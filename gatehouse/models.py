@@ -15,6 +15,7 @@ class ApiKeyAction(models.TextChoices):
     VIEW = "view", "View models"
     PREDICT = "predict", "Request predictions"
     MANAGE = "manage", "Manage models"
+    SUBJECTS = "subjects", "Record consent, review and erasure requests of data subjects"
 
 
 class ApiKey(models.Model):

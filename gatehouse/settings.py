@@ -212,7 +212,17 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "task": "inference.purge_idempotent_replies",
         "schedule": timedelta(hours=1),
     },
+    "erasure-deadlines": {"task": "compliance.erasure_deadlines", "schedule": timedelta(hours=1)},
+    "resume-erasures": {"task": "compliance.resume_erasures", "schedule": timedelta(minutes=1)},
+    "bias-reports": {"task": "compliance.scheduled_bias_reports", "schedule": timedelta(days=1)},
 }
+# --- Compliance ----------------------------------------------------------------------------------
+# Alert this many days before an erasure request's 30-day deadline.
+ERASURE_WARN_DAYS = env_int("ERASURE_WARN_DAYS", 7)
+# Integrated Gradients steps for explanations of non-linear models (error ~2e-4 at 500).
+EXPLANATION_IG_STEPS = env_int("EXPLANATION_IG_STEPS", 200)
+# Groups smaller than this are suppressed in bias reports (the policy file may set its own).
+BIAS_MIN_GROUP_SIZE = env_int("BIAS_MIN_GROUP_SIZE", 20)
 # How long a reply is kept for retries with the same Idempotency-Key.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24)
 

@@ -29,4 +29,5 @@ urlpatterns = [
     path("registry/", include("apps.registry.urls")),
     path("predict/", include("apps.inference.urls")),
     path("serving/", include("apps.inference.serving_urls")),
+    path("compliance/", include("apps.compliance.urls")),
 ]

@@ -137,3 +137,41 @@ def approver(make_user: Callable[..., Any], family: Any) -> Any:
         family=family, to=user, actions=[FamilyAction.VIEW, FamilyAction.APPROVE]
     )
     return user
+
+
+@pytest.fixture
+def without_consent_check() -> Any:
+    """Tests of the inference mechanics (routing, batching, backends) predict for arbitrary
+    subjects: they run without the compliance app's consent check, which has its own tests."""
+    from apps.compliance.services import consent_check
+    from apps.inference import policy
+
+    policy.unregister_check(consent_check)
+    yield
+    policy.register_check(consent_check)
+
+
+@pytest.fixture
+def grant_consent() -> Callable[..., None]:
+    """Record consent to ``purpose`` for each reference (as the demo's compliance officer)."""
+    from apps.compliance.models import Consent, DataSubject, SubjectReference
+    from gatehouse.pseudonyms import pseudonymise
+
+    def grant(*references: str, purpose: str = "credit_scoring") -> None:
+        subjects = DataSubject.objects.bulk_create(
+            [DataSubject(pseudonym=pseudonymise(r)) for r in references]
+        )
+        SubjectReference.objects.bulk_create(
+            [
+                SubjectReference(subject=s, reference=r)
+                for s, r in zip(subjects, references, strict=True)
+            ]
+        )
+        Consent.objects.bulk_create(
+            [
+                Consent(subject=s, purpose=purpose, granted=True, notice_version="t", source="api")
+                for s in subjects
+            ]
+        )
+
+    return grant

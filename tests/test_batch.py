@@ -26,7 +26,7 @@ from gatehouse.pseudonyms import pseudonymise
 from gatehouse.roles import Role
 from tests.registry_models import serve
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("without_consent_check")]
 
 HEADER = ["applicant", "income", "age", "housing", "sex"]
 BAD_KINDS = (
@@ -558,11 +558,15 @@ def test_the_batch_page_is_404_without_predict_access(make_user, v1):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(tmp_path, settings, family, clerk):
+def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
+    tmp_path, settings, family, clerk, grant_consent
+):
     from apps.inference.tasks import batch_resume_stalled
     from tests.processes import killable_celery_worker
 
     n_rows, chunk = 3000, 20
+    # The worker is a separate process with the consent check on: every applicant consents.
+    grant_consent(*(f"applicant-{i}" for i in range(1, n_rows + 1)))
     bad = tuple(range(97, n_rows + 1, 97))  # ~1 % invalid rows
     settings.BATCH_CHUNK_ROWS = chunk
     settings.BATCH_QUEUE = queue = f"test-batch-{uuid.uuid4().hex[:8]}"

@@ -20,7 +20,7 @@ from gatehouse.errors import PermissionDenied, ValidationFailed
 from gatehouse.roles import Role
 from tests.registry_models import Registration, register, serve
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("without_consent_check")]
 
 URL = "/api/v1/models/credit-risk/predict"
 ROW = {"income": 40.0, "age": 35, "housing": "rent", "sex": "female"}
@@ -247,12 +247,24 @@ def test_the_chain_verifies_and_names_an_edited_record(client, caller):
     _some_decisions(client, caller)
     assert chain.verify().ok
     victim = Decision.objects.get(seq=3)
-    Decision.objects.filter(pk=victim.pk).update(label="good" if victim.label == "bad" else "bad")
+    Decision.objects.filter(pk=victim.pk).update(route="canary")
     result = chain.verify()
     assert (result.ok, result.first_bad, result.problem) == (
         False,
         str(victim.id),
         "record was edited",
+    )
+
+
+def test_an_edited_output_is_caught_by_the_payload_digest(client, caller):
+    _some_decisions(client, caller)
+    victim = Decision.objects.get(seq=2)
+    Decision.objects.filter(pk=victim.pk).update(label="good" if victim.label == "bad" else "bad")
+    result = chain.verify()
+    assert (result.ok, result.first_bad, result.problem) == (
+        False,
+        str(victim.id),
+        "payload was edited",
     )
 
 

@@ -38,7 +38,11 @@ from tests.registry_models import Registration, build_model, register, state_dic
 from tests.test_inference_backends import rows, run_threads
 from tests.torchserve import TorchServeInstance, torchserve
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("without_consent_check"),
+]
 
 MODEL = "credit-risk"
 URL = f"/api/v1/models/{MODEL}/predict"

@@ -15,7 +15,7 @@ from gatehouse.roles import Role
 from tests.factories import ModelFamilyFactory
 from tests.registry_models import serve
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("without_consent_check")]
 
 HOME = "/predict/"
 FORM = "/predict/credit-risk/"

@@ -638,6 +638,7 @@ class _Runner:
             )
             rows: list[BatchRow] = []
             decisions = []
+            recorded_rows = []
             for item in scored:
                 if item.number in existing:
                     continue
@@ -657,6 +658,7 @@ class _Runner:
                     pseudonym=item.pseudonym,
                 )
                 decisions.append(decision)
+                recorded_rows.append(item.row)
                 rows.append(
                     BatchRow(
                         job=job,
@@ -676,6 +678,7 @@ class _Runner:
                     )
             rows.sort(key=lambda r: r.row_number)
             chain.append(decisions)  # the whole chunk in one append: one head lock, one insert
+            policy.run_recorded_hooks(decisions, recorded_rows)
             BatchRow.objects.bulk_create(rows)
             counts = BatchRow.objects.filter(job=job).aggregate(
                 done=Count("id"), failed=Count("id", filter=Q(status=BatchRowStatus.ERROR))

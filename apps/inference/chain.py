@@ -22,8 +22,12 @@ def new_salt() -> str:
     return secrets.token_hex(16)
 
 
-def payload_digest(salt: str, *, subject_pseudonym: str, inputs: Any) -> str:
-    payload = {"subject": subject_pseudonym, "inputs": inputs}
+def payload_digest(
+    salt: str, *, subject_pseudonym: str, inputs: Any, label: str, scores: Any
+) -> str:
+    """The salted digest of a record's personal payload: who (pseudonym), what was put in and
+    what came out. Only this digest enters the chain, so the payload can be erased."""
+    payload = {"subject": subject_pseudonym, "inputs": inputs, "label": label, "scores": scores}
     return hashlib.sha256(bytes.fromhex(salt) + _canonical(payload)).hexdigest()
 
 
@@ -45,8 +49,6 @@ def content_hash(d: Decision) -> str:
                 "purpose": d.purpose,
                 "jurisdiction": d.jurisdiction,
                 "row_index": d.row_index,
-                "label": d.label,
-                "scores": d.scores,
                 "latency_ms": round(d.latency_ms, 3),
                 "payload_digest": d.payload_digest,
             }
@@ -110,13 +112,17 @@ def verify(decisions: Iterable[Decision] | None = None) -> Verification:
                 str(d.id),
             )
         if d.erased_at is not None:
-            # An erased record must really be empty: its salt, subject and inputs are gone.
-            intact = not (d.payload_salt or d.subject_pseudonym or d.inputs)
+            # An erased record must really be empty: salt, subject, inputs and outputs gone.
+            intact = not (d.payload_salt or d.subject_pseudonym or d.inputs or d.label or d.scores)
         else:
             intact = (
                 bool(d.payload_salt)
                 and payload_digest(
-                    d.payload_salt, subject_pseudonym=d.subject_pseudonym, inputs=d.inputs
+                    d.payload_salt,
+                    subject_pseudonym=d.subject_pseudonym,
+                    inputs=d.inputs,
+                    label=d.label,
+                    scores=d.scores,
                 )
                 == d.payload_digest
             )

@@ -1,9 +1,14 @@
-"""Pre-predict policy checks: the extension point through which later apps (compliance: consent)
-take part in every prediction without the inference app importing them."""
+"""Extension points through which later apps (compliance: consent, explanations, reviews) take
+part in every prediction without the inference app importing them.
+
+- checks run before a prediction and refuse it by raising an ApplicationError;
+- recorded hooks run inside the transaction that stores served decisions, with the rows as
+  the model received them, so that what they write commits (or not) with the decisions.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,3 +43,18 @@ def unregister_check(check: PolicyCheck) -> None:
 def run_checks(context: PredictContext) -> None:
     for check in list(_checks):
         check(context)
+
+
+RecordedHook = Callable[[Sequence[Any], Sequence[dict[str, Any]]], None]
+_recorded: list[RecordedHook] = []
+
+
+def register_recorded_hook(hook: RecordedHook) -> None:
+    """Add ``hook(decisions, rows)``, called when served decisions are recorded."""
+    if hook not in _recorded:
+        _recorded.append(hook)
+
+
+def run_recorded_hooks(decisions: Sequence[Any], rows: Sequence[dict[str, Any]]) -> None:
+    for hook in list(_recorded):
+        hook(decisions, rows)

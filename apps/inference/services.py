@@ -140,7 +140,7 @@ def build_decisions(
                 inputs=inputs,
                 payload_salt=salt,
                 payload_digest=chain.payload_digest(
-                    salt, subject_pseudonym=pseudonym, inputs=inputs
+                    salt, subject_pseudonym=pseudonym, inputs=inputs, label=label, scores=scores
                 ),
             )
         )
@@ -203,6 +203,7 @@ def predict(
                     pseudonym=pseudonym,
                 )
             )
+            policy.run_recorded_hooks(decisions, request.rows)
             body = _body(family, decisions, config)
             if request.idempotency_key:
                 IdempotentReply.objects.create(
@@ -322,3 +323,46 @@ def idempotent_replies_purge(*, older_than_hours: int | None = None) -> int:
     cutoff = timezone.now() - timedelta(hours=hours)
     deleted, _ = IdempotentReply.objects.filter(created_at__lt=cutoff).delete()
     return deleted
+
+
+@transaction.atomic
+def subject_records_erase(*, pseudonym: str) -> dict[str, int]:
+    """Erase a data subject from the inference records (GDPR 17); counts per store.
+
+    Decision records keep their place in the chain but lose the personal payload (pseudonym,
+    inputs, outputs, salt): the chain covers only the payload's salted digest, so it still
+    verifies and the digest can no longer be linked to anyone. The subject's outcomes, the
+    outputs copied into batch rows and cached idempotent replies go too. Idempotent.
+    """
+    from django.utils import timezone
+
+    from apps.inference.models import BatchRow, Outcome
+
+    ids = list(Decision.objects.filter(subject_pseudonym=pseudonym).values_list("id", flat=True))
+    outcomes, _ = Outcome.objects.filter(decision_id__in=ids).delete()
+    batch_rows = (
+        BatchRow.objects.filter(decision_id__in=ids)
+        .exclude(label="", scores=None)
+        .update(label="", scores=None)
+    )
+    wanted = {str(i) for i in ids}
+    replies = [
+        reply.pk
+        for reply in IdempotentReply.objects.only("pk", "body")
+        if wanted & {p.get("decision_id") for p in (reply.body or {}).get("predictions", [])}
+    ]
+    IdempotentReply.objects.filter(pk__in=replies).delete()
+    decisions = Decision.objects.filter(id__in=ids).update(
+        subject_pseudonym="",
+        inputs=None,
+        label="",
+        scores={},
+        payload_salt="",
+        erased_at=timezone.now(),
+    )
+    return {
+        "decision_payloads": decisions,
+        "outcomes": outcomes,
+        "batch_rows": batch_rows,
+        "idempotent_replies": len(replies),
+    }

@@ -31,12 +31,14 @@ COMPLIANCE: dict[str, dict[str, Any]] = {
         "consent_purpose": "credit_scoring",
         "risk_class": "high",
         "retention_days": 365,
+        "review_below_confidence": 0.6,
     },
     "digits": {
         "purposes": ["recognising handwritten digits on scanned forms"],
         "legal_basis": "not_applicable",
         "risk_class": "minimal",
         "retention_days": 183,
+        "explain_decisions": False,
     },
 }
 

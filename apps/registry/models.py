@@ -51,6 +51,22 @@ class ModelFamily(models.Model):
     retention_days = models.PositiveIntegerField(
         default=183, help_text="How long decision records are kept (AI Act: at least 6 months)."
     )
+    explain_decisions = models.BooleanField(
+        default=True,
+        help_text="Explain every decision when it is made (else only when an explanation is "
+        "asked for).",
+    )
+    review_below_confidence = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Send a decision to human review when its top score is below this.",
+    )
+    review_labels = models.JSONField(
+        default=list, blank=True, help_text="Labels (adverse outcomes) always sent to review."
+    )
+    legal_hold = models.BooleanField(
+        default=False, help_text="Keep decision records past their retention (litigation)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -115,6 +131,10 @@ class ModelVersion(models.Model):
     dataset_sha256 = models.CharField(max_length=64, blank=True)
     training_subjects = models.BinaryField(default=b"", blank=True)
     training_subject_count = models.PositiveIntegerField(default=0)
+    # Erasure (GDPR 17) of subjects in the training data: their digests are removed from
+    # ``training_subjects``; the version must be retrained before it may be promoted.
+    erased_subjects = models.PositiveIntegerField(default=0)
+    retrain_required = models.BooleanField(default=False)
 
     intended_use = models.TextField(blank=True)
     limitations = models.TextField(blank=True)

@@ -35,6 +35,9 @@ class FamilyIn(Schema):
     consent_purpose: str = Field(default="", pattern=r"^$|^[a-z0-9_-]{1,64}$")
     risk_class: RiskClass = RiskClass.HIGH
     retention_days: int = Field(default=183, ge=1, le=36500)
+    explain_decisions: bool = True
+    review_below_confidence: float | None = Field(default=None, ge=0, le=1)
+    review_labels: list[str] = Field(default_factory=list, max_length=20)
 
 
 class FamilyOut(Schema):

@@ -29,7 +29,13 @@ from apps.registry.models import (
 from apps.registry.permissions import FamilyAction
 from apps.registry.schemas import FamilyIn, VersionMetadata
 from gatehouse.errors import Conflict, PermissionDenied, ValidationFailed
-from gatehouse.pseudonyms import pack_lineage, pseudonymise
+from gatehouse.pseudonyms import (
+    lineage_contains,
+    lineage_digest,
+    lineage_remove,
+    pack_lineage,
+    pseudonymise,
+)
 from gatehouse.roles import Role, has_role
 
 logger = logging.getLogger(__name__)
@@ -57,9 +63,18 @@ def _transition(
     version: ModelVersion, to: str, *, actor: Any | None, reason: str = ""
 ) -> ModelVersion:
     # Re-read under a row lock: two concurrent approvals or deployments cannot both pass.
-    current = (
-        ModelVersion.objects.select_for_update().values_list("status", flat=True).get(pk=version.pk)
+    current, retrain_required = (
+        ModelVersion.objects.select_for_update()
+        .values_list("status", "retrain_required")
+        .get(pk=version.pk)
     )
+    promotion = to in (S.STAGING, S.PRODUCTION) or (to == S.APPROVED and current == S.VALIDATED)
+    if promotion and retrain_required:
+        raise Conflict(
+            f"{version} was trained on data of erased subjects; register and promote a "
+            "retrained version instead.",
+            code="retrain_required",
+        )
     if to not in ALLOWED[current]:
         raise Conflict(
             f"{version} is {VersionStatus(current).label.lower()}; it cannot become "
@@ -318,6 +333,26 @@ def version_retire(*, version: ModelVersion, user: Any, reason: str) -> ModelVer
 def version_flag_retrain(*, version: ModelVersion, reason: str, actor: Any = None) -> ModelVersion:
     """Mark a version as needing retraining (e.g. its training data was erased)."""
     return _transition(version, S.RETRAIN_REQUIRED, actor=actor, reason=reason)
+
+
+def versions_erase_subject(*, pseudonym: str) -> list[ModelVersion]:
+    """Remove an erased subject from the training lineage of every version that holds it, and
+    flag those versions ``retrain_required`` (their promotion is blocked from now on)."""
+    touched: list[ModelVersion] = []
+    target = lineage_digest(pseudonym)
+    candidates = ModelVersion.objects.select_for_update().exclude(training_subjects=b"")
+    for version in candidates:
+        packed = bytes(version.training_subjects)
+        if target not in packed or not lineage_contains(packed, pseudonym):
+            continue
+        version.training_subjects = lineage_remove(packed, pseudonym)
+        version.erased_subjects += 1
+        version.retrain_required = True
+        version.save(
+            update_fields=["training_subjects", "erased_subjects", "retrain_required", "updated_at"]
+        )
+        touched.append(version)
+    return touched
 
 
 def version_package(*, version_id: int) -> ModelVersion:
