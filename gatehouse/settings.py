@@ -215,6 +215,7 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     "erasure-deadlines": {"task": "compliance.erasure_deadlines", "schedule": timedelta(hours=1)},
     "resume-erasures": {"task": "compliance.resume_erasures", "schedule": timedelta(minutes=1)},
     "bias-reports": {"task": "compliance.scheduled_bias_reports", "schedule": timedelta(days=1)},
+    "retention-purge": {"task": "compliance.retention_purge", "schedule": timedelta(hours=6)},
 }
 # --- Compliance ----------------------------------------------------------------------------------
 # Alert this many days before an erasure request's 30-day deadline.

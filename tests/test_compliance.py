@@ -566,3 +566,40 @@ def test_a_live_bias_report_uses_decisions_with_outcomes(client, caller, officer
     body = response.json()
     assert body["rows"] == 3
     assert body["results"]["attributes"]["sex"]["suppressed"]  # 3 < k: suppressed
+
+
+# --- Retention ---------------------------------------------------------------------------------
+
+
+def test_retention_purges_expired_records_and_the_chain_still_verifies(client, caller, family):
+    from datetime import timedelta
+
+    from apps.inference.models import ChainStart
+
+    old = [_decision(client, caller, subject=f"old-{i}") for i in range(3)]
+    kept = _decision(client, caller, subject="recent")
+    # A purge run at a time when the first three are past the family's retention, not the last.
+    now = kept.created_at + timedelta(days=family.retention_days) - timedelta(microseconds=1)
+    assert old[-1].created_at < kept.created_at - timedelta(microseconds=1)
+    result = services.retention_purge(now=now)
+    assert (result["expired"], result["deleted"]) == (3, 3)
+    assert list(Explanation.objects.values_list("decision_id", flat=True)) == [kept.pk]
+    assert not Decision.objects.filter(pk__in=[d.pk for d in old]).exists()
+    assert Decision.objects.filter(pk=kept.pk, erased_at__isnull=True).exists()
+    assert ChainStart.objects.get().seq == old[-1].seq
+    assert chain.verify().ok
+    assert chain.verify().checked == 1
+    Decision.objects.filter(pk=kept.pk).update(prev_hash="0" * 64)  # the boundary still binds
+    assert not chain.verify().ok
+
+
+def test_a_legal_hold_keeps_records_past_their_retention(client, caller, family):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    decision = _decision(client, caller)
+    family.legal_hold = True
+    family.save()
+    assert services.retention_purge(now=timezone.now() + timedelta(days=9999))["expired"] == 0
+    assert Decision.objects.filter(pk=decision.pk, erased_at__isnull=True).exists()

@@ -43,3 +43,8 @@ def erasure_deadlines() -> int:
 @shared_task(name="compliance.scheduled_bias_reports")
 def scheduled_bias_reports() -> int:
     return len(bias.reports_scheduled())
+
+
+@shared_task(name="compliance.retention_purge")
+def retention_purge() -> dict[str, int]:
+    return services.retention_purge()

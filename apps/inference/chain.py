@@ -9,7 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from apps.inference.models import ChainHead, Decision
+from django.utils import timezone
+
+from apps.inference.models import ChainHead, ChainStart, Decision
 
 GENESIS = "0" * 64
 
@@ -88,8 +90,12 @@ class Verification:
 
 
 def verify(decisions: Iterable[Decision] | None = None) -> Verification:
-    """Walk the chain from the first record; name the first edited, deleted or reordered one."""
+    """Walk the chain from its start (the genesis, or the boundary of the last retention purge);
+    name the first edited, deleted or reordered record."""
+    start = ChainStart.objects.filter(pk=1).first()
     prev, expected_seq, checked = GENESIS, 1, 0
+    if start is not None:
+        prev, expected_seq = start.chain_hash, start.seq + 1
     rows = decisions if decisions is not None else Decision.objects.order_by("seq").iterator(2000)
     for d in rows:
         checked += 1
@@ -142,3 +148,22 @@ def verify(decisions: Iterable[Decision] | None = None) -> Verification:
             "(records were removed from the end)",
         )
     return Verification(True, checked, expected_seq - 1, prev)
+
+
+def prune_prefix(before_seq: int) -> int:
+    """Delete the records numbered below ``before_seq`` and move the chain's start past them
+    (a retention purge). Call inside a transaction; returns the number deleted."""
+    last = Decision.objects.filter(seq__lt=before_seq).order_by("-seq").first()
+    if last is None:
+        return 0
+    from apps.inference.models import BatchRow
+
+    start, _ = ChainStart.objects.select_for_update().get_or_create(pk=1)
+    BatchRow.objects.filter(decision__seq__lte=last.seq).update(decision=None)
+    _, per_model = Decision.objects.filter(seq__lte=last.seq).delete()
+    deleted = per_model.get(Decision._meta.label, 0)
+    start.seq, start.chain_hash = last.seq, last.chain_hash
+    start.purged_records += deleted
+    start.purged_at = timezone.now()
+    start.save()
+    return deleted

@@ -121,6 +121,22 @@ class ChainHead(models.Model):
         return f"chain head #{self.seq}"
 
 
+class ChainStart(models.Model):
+    """Where the kept chain begins (one row): the last record removed by a retention purge.
+
+    A purge deletes a prefix of the chain only; verification starts after ``seq`` from
+    ``chain_hash``, so the kept records still prove they follow the purged ones.
+    """
+
+    seq = models.BigIntegerField(default=0)
+    chain_hash = models.CharField(max_length=64, default="0" * 64)
+    purged_records = models.BigIntegerField(default=0)
+    purged_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"chain starts after #{self.seq}"
+
+
 class IdempotentReply(models.Model):
     """The reply given to a request with an ``Idempotency-Key``: a retry gets it again."""
 

@@ -334,7 +334,6 @@ def subject_records_erase(*, pseudonym: str) -> dict[str, int]:
     verifies and the digest can no longer be linked to anyone. The subject's outcomes, the
     outputs copied into batch rows and cached idempotent replies go too. Idempotent.
     """
-    from django.utils import timezone
 
     from apps.inference.models import BatchRow, Outcome
 
@@ -352,17 +351,68 @@ def subject_records_erase(*, pseudonym: str) -> dict[str, int]:
         if wanted & {p.get("decision_id") for p in (reply.body or {}).get("predictions", [])}
     ]
     IdempotentReply.objects.filter(pk__in=replies).delete()
-    decisions = Decision.objects.filter(id__in=ids).update(
-        subject_pseudonym="",
-        inputs=None,
-        label="",
-        scores={},
-        payload_salt="",
-        erased_at=timezone.now(),
-    )
+    decisions = _erase_payloads(Decision.objects.filter(id__in=ids))
     return {
         "decision_payloads": decisions,
         "outcomes": outcomes,
         "batch_rows": batch_rows,
         "idempotent_replies": len(replies),
     }
+
+
+def _erase_payloads(decisions: Any) -> int:
+    """Remove the personal payload of ``decisions`` (a queryset), keeping their chain links."""
+    from django.utils import timezone
+
+    return int(
+        decisions.update(
+            subject_pseudonym="",
+            inputs=None,
+            label="",
+            scores={},
+            payload_salt="",
+            erased_at=timezone.now(),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    expired: list[Any]  # ids of records whose payload was removed by this purge
+    deleted: int  # records removed from the start of the chain
+
+
+@transaction.atomic
+def decisions_retention_purge(*, now: Any = None) -> RetentionResult:
+    """Apply each family's retention (unless on legal hold): records past it lose their
+    payload at once, and the chain's prefix of expired records is deleted, its boundary kept
+    in ``ChainStart`` so that the rest still verifies."""
+    from datetime import timedelta
+
+    from django.db.models import Max, Min, Q
+    from django.utils import timezone
+
+    from apps.inference.models import Outcome
+
+    now = now or timezone.now()
+    expired_q = Q(pk__in=[])
+    kept_q = Q(pk__in=[])
+    for family in ModelFamily.objects.all():
+        if family.legal_hold:
+            kept_q |= Q(family=family)
+            continue
+        cutoff = now - timedelta(days=family.retention_days)
+        expired_q |= Q(family=family, created_at__lt=cutoff)
+        kept_q |= Q(family=family, created_at__gte=cutoff)
+    expired = list(
+        Decision.objects.filter(expired_q, erased_at__isnull=True).values_list("id", flat=True)
+    )
+    Outcome.objects.filter(decision_id__in=expired).delete()
+    _erase_payloads(Decision.objects.filter(id__in=expired))
+    first_kept = Decision.objects.filter(kept_q).aggregate(seq=Min("seq"))["seq"]
+    if first_kept is None:  # nothing is kept: everything up to the head may go
+        first_kept = (Decision.objects.aggregate(seq=Max("seq"))["seq"] or 0) + 1
+    deleted = chain.prune_prefix(first_kept)
+    if expired or deleted:
+        logger.info("retention: %d records expired, %d deleted", len(expired), deleted)
+    return RetentionResult(expired=expired, deleted=deleted)
