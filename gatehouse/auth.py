@@ -6,6 +6,7 @@ so that it cannot leak into logs and browser history. Keys are looked up by thei
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import secrets
@@ -13,11 +14,15 @@ from datetime import timedelta
 from typing import Any
 
 from auditlog.context import auditlog_value
+from django.contrib.auth import get_user_model
+from django.db import DEFAULT_DB_ALIAS
+from django.db.models import Model
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security import HttpBearer, SessionAuth
 
 from gatehouse.errors import NotAuthenticated, OTPRequired, PermissionDenied
+from gatehouse.freshness import Fingerprint, FreshMemo, fingerprint
 from gatehouse.models import ApiKey
 from gatehouse.otp import is_verified
 from gatehouse.roles import user_requires_otp
@@ -42,11 +47,49 @@ def display_prefix(raw: str) -> str:
     return raw[: len(KEY_PREFIX) + 6]
 
 
+def _field_values(instance: Model) -> list[Any]:
+    return [getattr(instance, f.attname) for f in instance._meta.concrete_fields]
+
+
+# key hash -> the field values of the key and of its owner, as the ORM loaded them.
+_keys: FreshMemo[tuple[list[Any], list[Any]] | None] = FreshMemo()
+
+
+def _key_rows(key_hash: str) -> Fingerprint:
+    """The key's row and its owner's row, every column: revoking the key, changing its expiry
+    or scope, deactivating the owner or changing their password changes the fingerprint."""
+    user_model = get_user_model()
+    return fingerprint(
+        f"SELECT k.*, u.* FROM {ApiKey._meta.db_table} k "  # noqa: S608 (table names only)
+        f"JOIN {user_model._meta.db_table} u ON u.{user_model._meta.pk.column} = k.user_id "
+        "WHERE k.key_hash = %s",
+        [key_hash],
+    )
+
+
+def _load_key(key_hash: str) -> ApiKey | None:
+    """The key with its owner: fresh instances on every call, built from field values that the
+    ORM loaded once per process and that are reused while the rows are unchanged (one raw,
+    indexed read per request; see ``gatehouse.freshness``)."""
+
+    def build() -> tuple[list[Any], list[Any]] | None:
+        key = ApiKey.objects.select_related("user").filter(key_hash=key_hash).first()
+        return None if key is None else (_field_values(key), _field_values(key.user))
+
+    found = _keys.get(key_hash, lambda: _key_rows(key_hash), build)
+    if found is None:
+        return None
+    key_values, user_values = copy.deepcopy(found)  # nothing is shared between requests
+    key = ApiKey.from_db(DEFAULT_DB_ALIAS, None, key_values)  # type: ignore[arg-type]
+    key.user = get_user_model().from_db(DEFAULT_DB_ALIAS, None, user_values)  # type: ignore[arg-type]
+    return key
+
+
 def key_from_raw(raw: str) -> ApiKey | None:
     """The usable key for ``raw``, or None (unknown, revoked, expired, owner inactive)."""
     if not raw.startswith(KEY_PREFIX) or len(raw) > 128:
         return None
-    key = ApiKey.objects.select_related("user").filter(key_hash=hash_key(raw)).first()
+    key = _load_key(hash_key(raw))
     now = timezone.now()
     if key is None or not key.is_usable(now):
         security_log.warning(

@@ -44,13 +44,14 @@ class FreshMemo(Generic[T]):
 
         A built value is kept only when the fingerprint read before and after building it is
         the same, so a value is never filed under rows older than the ones it was built from.
+        None (nothing found) is never kept, so that unknown keys cannot fill the memo.
         """
         current = read()
         entry = self._entries.get(key)
         if entry is not None and entry[0] == current:
             return entry[1]
         value = build()
-        if read() == current:
+        if value is not None and read() == current:
             with self._lock:
                 if len(self._entries) >= self.max_entries:
                     self._entries.clear()
