@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import connection
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from apps.inference.models import ChainHead, ChainStart, Decision
@@ -65,8 +67,19 @@ def link(prev_hash: str, content: str) -> str:
 def append(decisions: list[Decision]) -> list[Decision]:
     """Number, hash and insert ``decisions`` after the current head. Call inside a transaction:
     the head row is locked until commit, so concurrent writers append one after the other."""
-    head, _ = ChainHead.objects.select_for_update().get_or_create(pk=1)
-    seq, prev = head.seq, head.chain_hash
+    if connection.get_autocommit():
+        raise TransactionManagementError("chain.append needs a transaction (the head's lock).")
+    # The head is read and written with two plain statements: this runs on every prediction,
+    # and the ORM's get_or_create/save cost more than the rest of the append together.
+    table = ChainHead._meta.db_table
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT seq, chain_hash FROM {table} WHERE id = 1{lock}")  # noqa: S608
+        row = cursor.fetchone()
+    if row is None:
+        head, _ = ChainHead.objects.select_for_update().get_or_create(pk=1)
+        row = (head.seq, head.chain_hash)
+    seq, prev = row
     for decision in decisions:
         seq += 1
         decision.seq = seq
@@ -74,8 +87,11 @@ def append(decisions: list[Decision]) -> list[Decision]:
         decision.content_hash = content_hash(decision)
         decision.chain_hash = prev = link(prev, decision.content_hash)
     Decision.objects.bulk_create(decisions)
-    head.seq, head.chain_hash = seq, prev
-    head.save(update_fields=["seq", "chain_hash", "updated_at"])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET seq = %s, chain_hash = %s, updated_at = %s WHERE id = 1",  # noqa: S608
+            [seq, prev, connection.ops.adapt_datetimefield_value(timezone.now())],
+        )
     return decisions
 
 
