@@ -165,6 +165,21 @@ def test_unknown_subjects_are_404_and_keys_without_the_subjects_action_403(clien
     assert client.get("/api/v1/subjects/applicant-7/consents", **plain).status_code == 403
 
 
+def test_a_subjects_key_needs_an_owner_who_may_act_for_subjects(client, make_user, family, v1):
+    from gatehouse import services as platform_services
+
+    clerk = make_user(Role.BUSINESS_USER)
+    raw = platform_services.apikey_create(user=clerk, name="k", actions=["subjects"]).raw
+    assert consent(client, {"HTTP_AUTHORIZATION": f"Bearer {raw}"}).status_code == 403
+
+
+def test_a_subject_known_only_from_a_training_lineage_can_be_erased(officers, v1):
+    (_, browser), _ = officers
+    created = post(browser, "/api/v1/erasure-requests", {"subject": "subject-2"})
+    assert created.status_code == 201
+    assert post(browser, "/api/v1/erasure-requests", {"subject": "never-seen"}).status_code == 404
+
+
 def test_the_consent_page_grants_and_withdraws_in_one_step_each(officers, v1):
     (_, browser), _ = officers
     form = {"reference": "applicant-9", "purpose": "credit_scoring", "notice_version": "n1"}
@@ -603,3 +618,23 @@ def test_a_legal_hold_keeps_records_past_their_retention(client, caller, family)
     family.save()
     assert services.retention_purge(now=timezone.now() + timedelta(days=9999))["expired"] == 0
     assert Decision.objects.filter(pk=decision.pk, erased_at__isnull=True).exists()
+
+
+def test_a_report_crossing_a_policy_threshold_raises_an_alert(v1, settings, tmp_path):
+    from apps.registry.gates import DEFAULT_POLICY
+
+    strict = (
+        Path(DEFAULT_POLICY)
+        .read_text()
+        .replace(
+            "demographic_parity_difference = { max = 0.20 }",
+            "demographic_parity_difference = { max = 0.0001 }",
+        )
+    )
+    settings.REGISTRY_POLICY_FILE = tmp_path / "strict.toml"
+    settings.REGISTRY_POLICY_FILE.write_text(strict)
+    report = bias.report_create(version=v1, source=BiasReport.Source.VALIDATION)
+    assert [b["metric"] for b in report.breaches if b["attribute"] == "age"] == [
+        "demographic_parity_difference"
+    ]
+    assert Alert.objects.filter(kind="bias_threshold").count() == len(report.breaches)

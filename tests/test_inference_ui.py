@@ -178,7 +178,7 @@ def test_a_valid_post_returns_a_result_card_and_records_one_decision(
     assert "production" in html
     assert html.count("<meter") == 2
     assert "%" in html
-    assert "Explanation: available once explanations are enabled" in html
+    assert f"/compliance/decisions/{decision.id}/explanation/" in html  # "Why this result?"
     # The entered values stay in the form (swapped out of band), and the history is refreshed.
     fields = re.search(
         r'<div id="predict-fields" hx-swap-oob="true">.*?</fieldset>\s*</div>', html, re.S

@@ -316,7 +316,9 @@ def create_bias_report(request: HttpRequest, payload: BiasReportIn) -> Status[Bi
 
 @router.get("/bias-reports/{report_id}", response={200: BiasReportOut, **ERRORS})
 def get_bias_report(request: HttpRequest, report_id: uuid.UUID) -> BiasReportOut:
-    return _report_out(selectors.bias_report_get(user=request.user, report_id=report_id))
+    return _report_out(
+        selectors.bias_report_get(user=request.user, report_id=report_id, key=api_key_of(request))
+    )
 
 
 @router.get(
@@ -332,7 +334,9 @@ def get_bias_report(request: HttpRequest, report_id: uuid.UUID) -> BiasReportOut
     },
 )
 def bias_report_csv(request: HttpRequest, report_id: uuid.UUID) -> HttpResponse:
-    report = selectors.bias_report_get(user=request.user, report_id=report_id)
+    report = selectors.bias_report_get(
+        user=request.user, report_id=report_id, key=api_key_of(request)
+    )
     response = HttpResponse(bias.report_csv(report), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="bias-{report.pk}.csv"'
     return response

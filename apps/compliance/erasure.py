@@ -33,7 +33,8 @@ from apps.compliance.models import (
     Review,
     SubjectReference,
 )
-from apps.compliance.services import subject_find
+from apps.compliance.selectors import may_act_for_subjects
+from apps.compliance.services import subject_ensure, subject_find
 from apps.inference import services as inference_services
 from apps.inference.models import BatchJob, BatchRow, BatchStatus, Decision, Outcome
 from apps.registry import services as registry_services
@@ -41,6 +42,7 @@ from apps.registry.artifacts import ArtifactStore
 from gatehouse.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from gatehouse.models import ApiKey
 from gatehouse.otp import is_verified
+from gatehouse.pseudonyms import pseudonymise
 from gatehouse.roles import Role, has_role
 from gatehouse.services import alert_raise
 
@@ -62,9 +64,9 @@ def erasure_create(
     key allowed to act for data subjects); the 30-day deadline runs from now."""
     if key is None:
         _officer(user)
-    elif not key.allows("subjects"):
+    elif not may_act_for_subjects(user, key):
         raise PermissionDenied("This API key does not allow 'subjects'.", code="key_scope")
-    subject = subject_find(reference)
+    subject = _subject_to_erase(reference)
     if ErasureRequest.objects.filter(
         subject=subject, status__in=[ErasureStatus.PENDING, ErasureStatus.APPROVED]
     ).exists():
@@ -83,6 +85,21 @@ def erasure_create(
 
 
 @transaction.atomic
+def _subject_to_erase(reference: str) -> DataSubject:
+    """The subject, also one the platform knows only from decisions, refusals or a training
+    lineage (no consent recorded); 404 when the reference appears nowhere."""
+    pseudonym = pseudonymise(reference.strip())
+    known = (
+        DataSubject.objects.filter(pseudonym=pseudonym).exists()
+        or Decision.objects.filter(subject_pseudonym=pseudonym).exists()
+        or ConsentRefusal.objects.filter(subject_pseudonym=pseudonym).exists()
+        or registry_services.versions_with_subject(pseudonym=pseudonym)
+    )
+    if not known:
+        return subject_find(reference)  # 404
+    return subject_ensure(reference)
+
+
 def erasure_decide(*, request_id: Any, user: Any, approve: bool, reason: str) -> ErasureRequest:
     """Approve (and start) or reject a request: a second compliance officer, 2FA verified."""
     _officer(user)

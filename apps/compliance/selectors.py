@@ -35,7 +35,11 @@ def may_act_for_subjects(user: Any, key: ApiKey | None) -> bool:
     """Compliance officers, or a partner system's key allowed 'subjects' (consent, review and
     erasure requests on the subject's behalf)."""
     if key is not None:
-        return key.allows("subjects")
+        # A key never adds rights: its owner must be a partner system's account (an API
+        # consumer) or a compliance officer.
+        return key.allows("subjects") and has_role(
+            key.user, Role.API_CONSUMER, Role.COMPLIANCE_OFFICER
+        )
     return has_role(user, Role.COMPLIANCE_OFFICER)
 
 
@@ -209,13 +213,13 @@ def version_for_report(*, user: Any, family: str, version: str) -> ModelVersion:
     return found
 
 
-def bias_reports(*, user: Any) -> QuerySet[BiasReport]:
-    require_officer(user)
+def bias_reports(*, user: Any, key: ApiKey | None = None) -> QuerySet[BiasReport]:
+    require_officer(user, key)
     return BiasReport.objects.select_related("version", "version__family")
 
 
-def bias_report_get(*, user: Any, report_id: Any) -> BiasReport:
-    require_officer(user)
+def bias_report_get(*, user: Any, report_id: Any, key: ApiKey | None = None) -> BiasReport:
+    require_officer(user, key)
     report = (
         BiasReport.objects.select_related("version", "version__family").filter(pk=report_id).first()
     )

@@ -335,6 +335,17 @@ def version_flag_retrain(*, version: ModelVersion, reason: str, actor: Any = Non
     return _transition(version, S.RETRAIN_REQUIRED, actor=actor, reason=reason)
 
 
+def versions_with_subject(*, pseudonym: str) -> list[ModelVersion]:
+    """The versions whose training lineage holds the subject."""
+    target = lineage_digest(pseudonym)
+    return [
+        v
+        for v in ModelVersion.objects.exclude(training_subjects=b"")
+        if target in bytes(v.training_subjects)
+        and lineage_contains(bytes(v.training_subjects), pseudonym)
+    ]
+
+
 def versions_erase_subject(*, pseudonym: str) -> list[ModelVersion]:
     """Remove an erased subject from the training lineage of every version that holds it, and
     flag those versions ``retrain_required`` (their promotion is blocked from now on)."""
