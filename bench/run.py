@@ -466,7 +466,7 @@ def importable(module: str, env: dict[str, str]) -> bool:
 # stack that contains one of the substrings. Order: most specific first.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     (
-        "DB connection open/close per request (CONN_MAX_AGE=0)",
+        "DB connection open/close",
         (
             "get_new_connection",
             "BaseDatabaseWrapper._close",
@@ -487,9 +487,9 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
         ("apps/inference/chain.py", "record (apps/inference/services.py"),
     ),
     ("backend predict (TorchServe HTTP / local model)", ("apps/inference/backends/",)),
-    ("permissions: guardian family_get/family_list", ("apps/registry/selectors.py",)),
+    ("permissions: family_for_serving / family_get", ("apps/registry/selectors.py",)),
     ("API-key authentication", ("gatehouse/auth.py",)),
-    ("routing (routing_for, choose)", ("apps/inference/routing.py",)),
+    ("routing (serving, choose_among)", ("apps/inference/routing.py",)),
     ("row validation against the signature", ("_validate_rows",)),
     ("request parsing (ninja/pydantic)", ("Operation._get_values", "pydantic/")),
     ("response rendering (ninja/JSON)", ("Operation._result_to_response", "json/encoder")),
