@@ -638,3 +638,41 @@ def test_a_report_crossing_a_policy_threshold_raises_an_alert(v1, settings, tmp_
         "demographic_parity_difference"
     ]
     assert Alert.objects.filter(kind="bias_threshold").count() == len(report.breaches)
+
+
+def test_a_reviewer_overrides_in_the_review_page(client, caller, officers):
+    decision = _decision(client, caller)
+    post(client, f"/api/v1/decisions/{decision.id}/review", {"reason": "contest"}, caller[1])
+    (_, browser), _ = officers
+    review = Review.objects.get(decision=decision)
+    assert "contest" in browser.get("/compliance/reviews/").content.decode()
+    page = browser.get(f"/compliance/reviews/{review.pk}/").content.decode()
+    assert "Inputs as recorded" in page
+    other = "good" if decision.label == "bad" else "bad"
+    empty = browser.post(f"/compliance/reviews/{review.pk}/", {"final_label": other})
+    assert empty.status_code == 422
+    done = browser.post(
+        f"/compliance/reviews/{review.pk}/", {"final_label": other, "reason": "Misread income."}
+    )
+    assert done.status_code == 302
+    review.refresh_from_db()
+    assert (review.status, review.final_label) == ("overridden", other)
+
+
+def test_a_second_officer_approves_an_erasure_in_the_page(client, caller, officers):
+    _decision(client, caller)
+    (_, first), (_, second) = officers
+    first.post("/compliance/erasure/", {"reference": "applicant-7"})
+    request = ErasureRequest.objects.get()
+    url = f"/compliance/erasure/{request.pk}/approve/"
+    assert first.post(url, {"reason": "mine"}).status_code == 403  # four eyes
+    assert (
+        second.post(f"/compliance/erasure/{request.pk}/maybe/", {"reason": "x"}).status_code == 404
+    )
+    assert second.post(url, {"reason": "Art. 17 request checked"}).status_code == 302
+    request.refresh_from_db()
+    assert (request.status, request.decided_by.username) == ("approved", "dora")
+    erasure.erasure_execute(request_id=request.pk)
+    assert "Certificate" in second.get("/compliance/erasure/").content.decode()
+    certificate = second.get(f"/compliance/erasure/{request.pk}/certificate/")
+    assert json.loads(certificate.content)["status"] == "done"

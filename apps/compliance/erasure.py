@@ -36,7 +36,7 @@ from apps.compliance.models import (
 from apps.compliance.selectors import may_act_for_subjects
 from apps.compliance.services import subject_ensure, subject_find
 from apps.inference import services as inference_services
-from apps.inference.models import BatchJob, BatchRow, BatchStatus, Decision, Outcome
+from apps.inference.models import BatchJob, BatchStatus, Decision, Outcome
 from apps.registry import services as registry_services
 from apps.registry.artifacts import ArtifactStore
 from gatehouse.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -152,15 +152,14 @@ def _log_entries_delete(model: type, pks: list[Any]) -> int:
 
 def _step_files(request: ErasureRequest, subject: DataSubject) -> dict[str, int]:
     """Blank the subject's lines in uploaded batch files and their results (same line count,
-    so row numbers keep their meaning); files no other job uses are deleted."""
+    so row numbers keep their meaning); replaced files no other job uses are deleted."""
     reference = SubjectReference.objects.filter(subject=subject).values_list("reference", flat=True)
     ref = reference.first()
     if ref is None:
         return {"batch_files": 0}
-    ids = _decision_ids(subject.pseudonym)
-    jobs = BatchJob.objects.filter(
-        pk__in=BatchRow.objects.filter(decision_id__in=ids).values("job_id")
-    ).exclude(subject_column="")
+    # Every file with a subject column is read: the subject's lines may have no decision
+    # (an invalid or refused row), so the decisions cannot say which files hold them.
+    jobs = BatchJob.objects.exclude(subject_column="")
     if jobs.filter(status__in=[BatchStatus.QUEUED, BatchStatus.RUNNING]).exists():
         raise ErasureDeferred("a batch job with the subject's rows is still running")
     store = ArtifactStore()

@@ -13,9 +13,16 @@ urlpatterns = [
     path("reviews/<int:review_id>/", views.review_detail, name="review_detail"),
     path("erasure/", views.erasures, name="erasures"),
     path(
-        "erasure/<uuid:request_id>/<str:verdict>/",
+        "erasure/<uuid:request_id>/approve/",
         views.erasure_decide,
-        name="erasure_decide",
+        {"verdict": "approve"},
+        name="erasure_approve",
+    ),
+    path(
+        "erasure/<uuid:request_id>/reject/",
+        views.erasure_decide,
+        {"verdict": "reject"},
+        name="erasure_reject",
     ),
     path(
         "erasure/<uuid:request_id>/certificate/",

@@ -26,7 +26,7 @@ from apps.compliance.models import BiasReport, ConsentSource, ErasureStatus, Rev
 from apps.inference import selectors as inference_selectors
 from apps.registry.models import ModelVersion, VersionStatus
 from gatehouse import otp
-from gatehouse.errors import ApplicationError, NotFound, OTPRequired, ValidationFailed
+from gatehouse.errors import ApplicationError, OTPRequired, ValidationFailed
 
 View = Callable[..., HttpResponse]
 
@@ -232,8 +232,6 @@ def erasures(request: HttpRequest) -> HttpResponse:
 @require_POST
 def erasure_decide(request: HttpRequest, request_id: str, verdict: str) -> HttpResponse:
     _verified(request)
-    if verdict not in ("approve", "reject"):
-        raise NotFound("No such action.")
     erasure.erasure_decide(
         request_id=request_id,
         user=request.user,
