@@ -214,6 +214,10 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     },
     "erasure-deadlines": {"task": "compliance.erasure_deadlines", "schedule": timedelta(hours=1)},
     "resume-erasures": {"task": "compliance.resume_erasures", "schedule": timedelta(minutes=1)},
+    "resume-explanations": {
+        "task": "compliance.resume_explanations",
+        "schedule": timedelta(minutes=1),
+    },
     "bias-reports": {"task": "compliance.scheduled_bias_reports", "schedule": timedelta(days=1)},
     "retention-purge": {"task": "compliance.retention_purge", "schedule": timedelta(hours=6)},
 }

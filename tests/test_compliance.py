@@ -116,8 +116,12 @@ def test_without_consent_the_prediction_is_refused_and_the_refusal_kept_without_
 
 
 def test_a_grant_allows_and_a_withdrawal_refuses_the_very_next_request(client, caller):
-    assert consent(client, caller[1]).status_code == 201
-    assert predict(client, caller[1]).status_code == 200
+    granted = consent(client, caller[1])
+    assert granted.status_code == 201
+    served = predict(client, caller[1])
+    assert served.status_code == 200
+    decision = Decision.objects.get(pk=served.json()["predictions"][0]["decision_id"])
+    assert decision.policy_ref == f"consent:{granted.json()['id']}"  # which consent allowed it
     assert consent(client, caller[1], granted=False).status_code == 201
     refused = predict(client, caller[1])
     assert refused.status_code == 403
@@ -676,3 +680,22 @@ def test_a_second_officer_approves_an_erasure_in_the_page(client, caller, office
     assert "Certificate" in second.get("/compliance/erasure/").content.decode()
     certificate = second.get(f"/compliance/erasure/{request.pk}/certificate/")
     assert json.loads(certificate.content)["status"] == "done"
+
+
+def test_explanations_left_pending_are_sent_again(client, caller, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.compliance import tasks
+
+    decision = _decision(client, caller)
+    Explanation.objects.filter(decision=decision).update(
+        status="pending", created_at=timezone.now() - timedelta(minutes=5)
+    )
+    sent = []
+    monkeypatch.setattr(tasks.explain_decisions, "delay", sent.append)
+    assert tasks.resume_explanations() == 1
+    assert sent == [[str(decision.id)]]
+    assert services.explanations_compute(sent[0]) == 1
+    assert Explanation.objects.get(decision=decision).status == "done"

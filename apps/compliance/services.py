@@ -99,25 +99,33 @@ def consent_record(
     return consent
 
 
-def consent_current(*, pseudonym: str, purpose: str) -> bool | None:
-    """The subject's current choice for ``purpose``: True, False (withdrawn) or None (never)."""
+def consent_latest(*, pseudonym: str, purpose: str) -> tuple[bool, int] | None:
+    """(granted, consent id) of the subject's latest choice for ``purpose``, or None."""
     return (
         Consent.objects.filter(subject__pseudonym=pseudonym, purpose=purpose)
         .order_by("-id")
-        .values_list("granted", flat=True)
+        .values_list("granted", "id")
         .first()
     )
 
 
-def consent_check(context: PredictContext) -> None:
+def consent_current(*, pseudonym: str, purpose: str) -> bool | None:
+    """The subject's current choice for ``purpose``: True, False (withdrawn) or None (never)."""
+    latest = consent_latest(pseudonym=pseudonym, purpose=purpose)
+    return None if latest is None else latest[0]
+
+
+def consent_check(context: PredictContext) -> str | None:
     """The pre-predict policy check: a family that requires a purpose needs the subject's
-    current consent to it. A refusal is recorded without the inputs."""
+    current consent to it; the consent event that allows it is recorded in the decision
+    (``consent:<id>``). A refusal is recorded without the inputs."""
     purpose = context.family.consent_purpose
     if not purpose:
-        return
-    state = consent_current(pseudonym=context.subject_pseudonym, purpose=purpose)
-    if state:
-        return
+        return None
+    latest = consent_latest(pseudonym=context.subject_pseudonym, purpose=purpose)
+    if latest is not None and latest[0]:
+        return f"consent:{latest[1]}"
+    state = None if latest is None else latest[0]
     reason = "never_given" if state is None else "withdrawn"
     ConsentRefusal.objects.create(
         family=context.family,
@@ -143,18 +151,15 @@ def on_decisions_recorded(decisions: Sequence[Decision], rows: Sequence[dict[str
     if family.explain_decisions:
         _explain_new(served)
     if family.review_below_confidence is not None or family.review_labels:
-        reviews = [
-            Review(
-                decision=d,
-                family=family,
-                subject_pseudonym=d.subject_pseudonym,
-                trigger=ReviewTrigger.RULE,
-                request_reason=reason,
-            )
-            for d, _ in served
-            if (reason := _review_reason(family, d))
-        ]
-        Review.objects.bulk_create(reviews)
+        for decision, _ in served:
+            if reason := _review_reason(family, decision):
+                Review.objects.create(  # one by one: each opened review is audited
+                    decision=decision,
+                    family=family,
+                    subject_pseudonym=decision.subject_pseudonym,
+                    trigger=ReviewTrigger.RULE,
+                    request_reason=reason,
+                )
 
 
 def _review_reason(family: ModelFamily, decision: Decision) -> str:
@@ -367,3 +372,17 @@ def retention_purge(*, now: Any = None) -> dict[str, int]:
         "explanations": explanations,
         "reviews": reviews,
     }
+
+
+def explanations_stalled(*, stale_s: int = 60) -> list[str]:
+    """Decision ids whose explanation has been pending for ``stale_s`` (a lost task message:
+    the file-system broker loses what a killed worker had taken)."""
+    from datetime import timedelta
+
+    cutoff = timezone.now() - timedelta(seconds=stale_s)
+    return [
+        str(pk)
+        for pk in Explanation.objects.filter(
+            status=ExplanationStatus.PENDING, created_at__lt=cutoff
+        ).values_list("decision_id", flat=True)[:5000]
+    ]

@@ -13,6 +13,15 @@ def explain_decisions(decision_ids: list[str]) -> int:
     return services.explanations_compute(decision_ids)
 
 
+@shared_task(name="compliance.resume_explanations")
+def resume_explanations() -> int:
+    """Re-send explanations left pending (computing them is idempotent), 200 per task."""
+    ids = services.explanations_stalled()
+    for start in range(0, len(ids), 200):
+        explain_decisions.delay(ids[start : start + 200])
+    return len(ids)
+
+
 @shared_task(
     name="compliance.execute_erasure",
     bind=True,

@@ -359,6 +359,7 @@ class _Scored:
     row: dict[str, Any]
     pseudonym: str
     choice: routing.Choice
+    policy_ref: str = ""
     probabilities: list[float] = field(default_factory=list)
 
 
@@ -552,7 +553,7 @@ class _Runner:
                 continue
             pseudonym = pseudonymise(subject) if subject else ""
             try:
-                policy.run_checks(
+                policy_ref = policy.run_checks(
                     policy.PredictContext(
                         family=family,
                         user=self.user,
@@ -571,7 +572,7 @@ class _Runner:
             if problems:
                 errors[number] = _problems_text(problems)
                 continue
-            scored.append(_Scored(number, row, pseudonym, choice))
+            scored.append(_Scored(number, row, pseudonym, choice, policy_ref))
         latency_ms = self._predict(scored)
         return self._commit(pending, scored, errors, latency_ms, config)
 
@@ -656,6 +657,7 @@ class _Runner:
                     probabilities=[item.probabilities],
                     latency_ms=latency_ms,
                     pseudonym=item.pseudonym,
+                    policy_ref=item.policy_ref,
                 )
                 decisions.append(decision)
                 recorded_rows.append(item.row)

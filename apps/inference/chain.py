@@ -36,28 +36,27 @@ def payload_digest(
 
 
 def content_hash(d: Decision) -> str:
-    return hashlib.sha256(
-        _canonical(
-            {
-                "id": str(d.id),
-                "seq": d.seq,
-                "created_at": d.created_at.isoformat(),
-                "request_id": d.request_id,
-                "family": d.family_id,
-                "version": d.version_id,
-                "version_label": d.version_label,
-                "artifact_sha256": d.artifact_sha256,
-                "route": d.route,
-                "actor_user": d.actor_user_id,
-                "api_key": d.api_key_id,
-                "purpose": d.purpose,
-                "jurisdiction": d.jurisdiction,
-                "row_index": d.row_index,
-                "latency_ms": round(d.latency_ms, 3),
-                "payload_digest": d.payload_digest,
-            }
-        )
-    ).hexdigest()
+    fields = {
+        "id": str(d.id),
+        "seq": d.seq,
+        "created_at": d.created_at.isoformat(),
+        "request_id": d.request_id,
+        "family": d.family_id,
+        "version": d.version_id,
+        "version_label": d.version_label,
+        "artifact_sha256": d.artifact_sha256,
+        "route": d.route,
+        "actor_user": d.actor_user_id,
+        "api_key": d.api_key_id,
+        "purpose": d.purpose,
+        "jurisdiction": d.jurisdiction,
+        "row_index": d.row_index,
+        "latency_ms": round(d.latency_ms, 3),
+        "payload_digest": d.payload_digest,
+    }
+    if d.policy_ref:  # only when set, so records made before the field hash as they did
+        fields["policy_ref"] = d.policy_ref
+    return hashlib.sha256(_canonical(fields)).hexdigest()
 
 
 def link(prev_hash: str, content: str) -> str:

@@ -88,6 +88,8 @@ class Decision(models.Model):
     )
     purpose = models.CharField(max_length=64, blank=True)
     jurisdiction = models.CharField(max_length=16, blank=True)
+    # What allowed the prediction, from the pre-predict checks (e.g. ``consent:42``).
+    policy_ref = models.CharField(max_length=200, blank=True)
     row_index = models.PositiveIntegerField(default=0)
     label = models.CharField(max_length=200)
     scores = models.JSONField()

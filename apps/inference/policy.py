@@ -1,7 +1,9 @@
 """Extension points through which later apps (compliance: consent, explanations, reviews) take
 part in every prediction without the inference app importing them.
 
-- checks run before a prediction and refuse it by raising an ApplicationError;
+- checks run before a prediction and refuse it by raising an ApplicationError; a check that
+  allows may return a reference to what allowed it (e.g. ``consent:42``), which is recorded
+  in the decision (``Decision.policy_ref``);
 - recorded hooks run inside the transaction that stores served decisions, with the rows as
   the model received them, so that what they write commits (or not) with the decisions.
 """
@@ -25,7 +27,7 @@ class PredictContext:
     n_rows: int
 
 
-PolicyCheck = Callable[[PredictContext], None]
+PolicyCheck = Callable[[PredictContext], str | None]
 _checks: list[PolicyCheck] = []
 
 
@@ -40,9 +42,10 @@ def unregister_check(check: PolicyCheck) -> None:
         _checks.remove(check)
 
 
-def run_checks(context: PredictContext) -> None:
-    for check in list(_checks):
-        check(context)
+def run_checks(context: PredictContext) -> str:
+    """Run every check; the references of what allowed the prediction, joined by spaces."""
+    refs = [ref for check in list(_checks) if (ref := check(context))]
+    return " ".join(refs)
 
 
 RecordedHook = Callable[[Sequence[Any], Sequence[dict[str, Any]]], None]

@@ -111,6 +111,7 @@ def build_decisions(
     probabilities: list[list[float]],
     latency_ms: float,
     pseudonym: str,
+    policy_ref: str = "",
 ) -> list[Decision]:
     """Unsaved decision records for served rows; ``chain.append`` numbers and stores them
     (callers that record many requests append them together, in one lock)."""
@@ -138,6 +139,7 @@ def build_decisions(
                 latency_ms=latency_ms,
                 subject_pseudonym=pseudonym,
                 inputs=inputs,
+                policy_ref=policy_ref,
                 payload_salt=salt,
                 payload_digest=chain.payload_digest(
                     salt, subject_pseudonym=pseudonym, inputs=inputs, label=label, scores=scores
@@ -167,7 +169,7 @@ def predict(
             code="required",
         )
     pseudonym = pseudonymise(request.subject) if request.subject else ""
-    policy.run_checks(
+    policy_ref = policy.run_checks(
         policy.PredictContext(
             family=family,
             user=user,
@@ -201,6 +203,7 @@ def predict(
                     probabilities=probabilities,
                     latency_ms=latency_ms,
                     pseudonym=pseudonym,
+                    policy_ref=policy_ref,
                 )
             )
             policy.run_recorded_hooks(decisions, request.rows)
