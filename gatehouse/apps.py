@@ -16,7 +16,7 @@ class GatehouseConfig(AppConfig):
         from guardian.models import GroupObjectPermission, UserObjectPermission
 
         from gatehouse import extensions, signals
-        from gatehouse.models import ApiKey
+        from gatehouse.models import Alert, ApiKey
         from gatehouse.roles import Role
 
         signals.connect()
@@ -33,6 +33,9 @@ class GatehouseConfig(AppConfig):
         auditlog.register(GroupObjectPermission)
         auditlog.register(TOTPDevice, include_fields=["name", "confirmed", "user"])
         auditlog.register(StaticDevice, include_fields=["name", "confirmed", "user"])
+        if not auditlog.contains(Alert):
+            # Who acknowledged which alert, and when.
+            auditlog.register(Alert, include_fields=["acknowledged_at", "acknowledged_by"])
 
         from django.conf import settings
 

@@ -10,11 +10,14 @@ import copy
 import hashlib
 import logging
 import secrets
+import time
 from datetime import timedelta
 from typing import Any
 
 from auditlog.context import auditlog_value
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Model
 from django.http import HttpRequest
@@ -104,6 +107,72 @@ def key_from_raw(raw: str) -> ApiKey | None:
     return key
 
 
+# --- Repeated authentication failures ---------------------------------------------------------
+# A sliding window of AUTH_FAILURE_WINDOW_S in AUTH_FAILURE_SLOTS cache counters per key prefix
+# and per client address: a few cache operations per failure, nothing per success.
+AUTH_FAILURE_SLOTS = 10
+_FAILURE_CACHE_PREFIX = "gh:authfail"
+
+
+def _failure_count(ident: str, now: float) -> int:
+    """Add one failure for ``ident`` and return the failures within the window."""
+    window = max(1, settings.AUTH_FAILURE_WINDOW_S)
+    slot_s = window / AUTH_FAILURE_SLOTS
+    current = int(now // slot_s)
+    key = f"{_FAILURE_CACHE_PREFIX}:{ident}:{current}"
+    cache.add(key, 0, timeout=int(window + slot_s) + 1)
+    try:
+        cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=int(window + slot_s) + 1)
+    keys = [f"{_FAILURE_CACHE_PREFIX}:{ident}:{current - i}" for i in range(AUTH_FAILURE_SLOTS)]
+    return sum(int(v) for v in cache.get_many(keys).values())
+
+
+def auth_failure_record(*, prefix: str = "", address: str = "", now: float | None = None) -> int:
+    """Count one failed authentication (bad API key, failed login) against the key prefix and
+    the client address; a count that reaches AUTH_FAILURE_ALERT_COUNT within
+    AUTH_FAILURE_WINDOW_S raises an ``auth_failures`` alert at once (once while unacknowledged).
+
+    The alert names the key prefix (not personal data) or a keyed pseudonym of the address; the
+    security log links that pseudonym to the address. Returns the number of alerts raised.
+    """
+    from gatehouse.pseudonyms import pseudonymise
+    from gatehouse.services import alert_raise_once
+
+    now = time.time() if now is None else now
+    threshold = settings.AUTH_FAILURE_ALERT_COUNT
+    raised = 0
+    targets = []
+    if prefix:
+        targets.append(("key", prefix, f"key:{prefix}", f"API key prefix {prefix}"))
+    if address:
+        ref = pseudonymise(f"address:{address}")[:16]
+        targets.append(("address", ref, f"address:{ref}", f"client address {ref} (pseudonym)"))
+    for what, ident, subject, label in targets:
+        count = _failure_count(f"{what}:{hashlib.sha256(ident.encode()).hexdigest()[:24]}", now)
+        if threshold <= 0 or count < threshold:
+            continue
+        alerted_key = f"{_FAILURE_CACHE_PREFIX}:alerted:{subject}"
+        if cache.get(alerted_key):
+            continue  # raised (or known to be open) within this window already
+        cache.set(alerted_key, 1, timeout=settings.AUTH_FAILURE_WINDOW_S)
+        if what == "address":
+            security_log.warning(
+                "auth failures over threshold address=%s pseudonym=%s", address, ident
+            )
+        alert = alert_raise_once(
+            kind="auth_failures",
+            severity="warning",
+            title=f"{count} authentication failures from {label}",
+            detail=f"At least {threshold} failed authentications (bad API key or failed login) "
+            f"within {settings.AUTH_FAILURE_WINDOW_S} s.",
+            subject=subject,
+        )
+        raised += alert is not None
+    return raised
+
+
 class ApiKeyAuth(HttpBearer):
     """``Authorization: Bearer gh_...``; sets ``request.user`` and ``request.auth`` to the key."""
 
@@ -120,6 +189,11 @@ class ApiKeyAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
         key = key_from_raw(token)
         if key is None:
+            auth_failure_record(
+                # Only a well-formed key's display prefix: any other token may be a secret.
+                prefix=display_prefix(token) if token.startswith(KEY_PREFIX) else "",
+                address=request.META.get("REMOTE_ADDR", ""),
+            )
             return None
         request.user = key.user
         context = auditlog_value.get(None)

@@ -5,11 +5,17 @@ Apps register in their ``AppConfig.ready()``; the platform only calls what was r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gatehouse.roles import Role
+
+if TYPE_CHECKING:
+    from gatehouse.models import Alert
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class _Registry:
     family_choices: Callable[[Any], Sequence[tuple[str, str]]] | None = None
     # Demo-data steps run by ``manage.py seed_demo`` after users exist, given {role: user}.
     demo_steps: list[Callable[[dict[Role, Any]], None]] = field(default_factory=list)
+    # Called with each new alert once the transaction that stored it has committed.
+    alert_listeners: list[Callable[[Alert], None]] = field(default_factory=list)
 
 
 registry = _Registry()
@@ -55,3 +63,23 @@ def register_demo_step(step: Callable[[dict[Role, Any]], None]) -> None:
 
 def nav_for(user: Any, roles: frozenset[Role]) -> list[NavItem]:
     return [item for item in registry.nav if not item.roles or item.roles & roles]
+
+
+def register_alert_listener(listener: Callable[[Alert], None]) -> None:
+    if listener not in registry.alert_listeners:
+        registry.alert_listeners.append(listener)
+
+
+def unregister_alert_listener(listener: Callable[[Alert], None]) -> None:
+    if listener in registry.alert_listeners:
+        registry.alert_listeners.remove(listener)
+
+
+def alert_raised(alert: Alert) -> None:
+    """Call every alert listener; one that fails is logged and does not stop the others (the
+    alert itself is stored already)."""
+    for listener in list(registry.alert_listeners):
+        try:
+            listener(alert)
+        except Exception:
+            logger.exception("alert listener %r failed for alert %s", listener, alert.pk)

@@ -16,7 +16,7 @@ from django.utils import timezone
 from gatehouse import live
 from gatehouse.auth import display_prefix, generate_key, hash_key
 from gatehouse.errors import NotFound, PermissionDenied, ValidationFailed
-from gatehouse.extensions import family_choices_for
+from gatehouse.extensions import alert_raised, family_choices_for
 from gatehouse.models import Alert, ApiKey, ApiKeyAction, Notification
 
 security_log = logging.getLogger("gatehouse.security")
@@ -160,4 +160,16 @@ def alert_raise(
         kind=kind, severity=severity, title=title, detail=detail, subject=subject
     )
     security_log.warning("alert raised kind=%s subject=%s", kind, subject)
+    # Listeners (delivery, live push) see only committed alerts.
+    transaction.on_commit(lambda: alert_raised(alert))
     return alert
+
+
+def alert_raise_once(
+    *, kind: str, severity: str, title: str, detail: str = "", subject: str = ""
+) -> Alert | None:
+    """``alert_raise`` unless an unacknowledged alert of the same kind and subject exists
+    (then None): a condition that persists is reported once until someone acknowledges it."""
+    if Alert.objects.filter(kind=kind, subject=subject, acknowledged_at__isnull=True).exists():
+        return None
+    return alert_raise(kind=kind, severity=severity, title=title, detail=detail, subject=subject)

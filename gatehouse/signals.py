@@ -30,6 +30,10 @@ def _on_login_failed(
     security_log.warning(
         "login failed username=%s", log_safe(credentials.get("username", ""), limit=64)
     )
+    if request is not None:
+        from gatehouse.auth import auth_failure_record
+
+        auth_failure_record(address=request.META.get("REMOTE_ADDR", ""))
 
 
 def _on_user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
