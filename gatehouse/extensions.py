@@ -27,6 +27,16 @@ class NavItem:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class LiveTopic:
+    """A live view a page subscribes to: when the topic is published, every subscribed socket
+    gets ``render(user)`` (HTML rendered for that user only, or "" to send nothing)."""
+
+    name: str
+    render: Callable[[Any], str]
+    roles: frozenset[Role]
+
+
 @dataclass
 class _Registry:
     nav: list[NavItem] = field(default_factory=list)
@@ -36,6 +46,8 @@ class _Registry:
     demo_steps: list[Callable[[dict[Role, Any]], None]] = field(default_factory=list)
     # Called with each new alert once the transaction that stored it has committed.
     alert_listeners: list[Callable[[Alert], None]] = field(default_factory=list)
+    # Live topics a page may subscribe to over the websocket: name -> LiveTopic.
+    live_topics: dict[str, LiveTopic] = field(default_factory=dict)
 
 
 registry = _Registry()
@@ -63,6 +75,14 @@ def register_demo_step(step: Callable[[dict[Role, Any]], None]) -> None:
 
 def nav_for(user: Any, roles: frozenset[Role]) -> list[NavItem]:
     return [item for item in registry.nav if not item.roles or item.roles & roles]
+
+
+def register_live_topic(topic: LiveTopic) -> None:
+    registry.live_topics[topic.name] = topic
+
+
+def live_topic(name: str) -> LiveTopic | None:
+    return registry.live_topics.get(name)
 
 
 def register_alert_listener(listener: Callable[[Alert], None]) -> None:

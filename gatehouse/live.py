@@ -41,3 +41,13 @@ def close_user_sockets(user_id: int, *, reason: str = "access revoked") -> None:
     """Close the websockets of a user whose access ended (deactivation, revocation)."""
     message = {"type": "live.close", "reason": reason}
     transaction.on_commit(lambda: _send(user_group(user_id), message))
+
+
+def topic_group(name: str) -> str:
+    return f"topic.{name}"
+
+
+def publish_topic(name: str) -> None:
+    """Ask every socket subscribed to topic ``name`` to render it again for its own user
+    (see ``gatehouse.extensions.LiveTopic``); sent now, not after a transaction."""
+    _send(topic_group(name), {"type": "topic.publish", "topic": name})

@@ -220,6 +220,8 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     },
     "bias-reports": {"task": "compliance.scheduled_bias_reports", "schedule": timedelta(days=1)},
     "retention-purge": {"task": "compliance.retention_purge", "schedule": timedelta(hours=6)},
+    "drift-check": {"task": "monitoring.drift_check", "schedule": timedelta(minutes=1)},
+    "alert-rules": {"task": "monitoring.evaluate_alert_rules", "schedule": timedelta(minutes=1)},
 }
 # --- Compliance ----------------------------------------------------------------------------------
 # Alert this many days before an erasure request's 30-day deadline.
@@ -228,6 +230,20 @@ ERASURE_WARN_DAYS = env_int("ERASURE_WARN_DAYS", 7)
 EXPLANATION_IG_STEPS = env_int("EXPLANATION_IG_STEPS", 200)
 # Groups smaller than this are suppressed in bias reports (the policy file may set its own).
 BIAS_MIN_GROUP_SIZE = env_int("BIAS_MIN_GROUP_SIZE", 20)
+
+# --- Monitoring ----------------------------------------------------------------------------------
+# Seconds between flushes of each serving process's counters into per-minute rows.
+METRICS_FLUSH_S = float(env_str("METRICS_FLUSH_S", "1"))
+# Bearer token for GET /metrics (Prometheus); admins may also read it in a 2FA session.
+METRICS_TOKEN = env_secret("METRICS_TOKEN", "")
+# Where alerts go besides the dashboard: e-mail addresses (Django's mail backend) and a webhook
+# whose JSON body is signed with HMAC-SHA256 (header X-Gatehouse-Signature: sha256=<hex>).
+ALERT_EMAILS = env_list("ALERT_EMAILS", [])
+ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL", "")
+ALERT_WEBHOOK_SECRET = env_secret("ALERT_WEBHOOK_SECRET", "")
+# Repeated authentication failures from one key prefix or address within the window: an alert.
+AUTH_FAILURE_ALERT_COUNT = env_int("AUTH_FAILURE_ALERT_COUNT", 20)
+AUTH_FAILURE_WINDOW_S = env_int("AUTH_FAILURE_WINDOW_S", 300)
 # How long a reply is kept for retries with the same Idempotency-Key.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24)
 

@@ -30,4 +30,6 @@ urlpatterns = [
     path("predict/", include("apps.inference.urls")),
     path("serving/", include("apps.inference.serving_urls")),
     path("compliance/", include("apps.compliance.urls")),
+    path("monitoring/", include("apps.monitoring.urls")),
+    path("metrics", include("apps.monitoring.metrics_urls")),
 ]

@@ -5,11 +5,13 @@ part in every prediction without the inference app importing them.
   allows may return a reference to what allowed it (e.g. ``consent:42``), which is recorded
   in the decision (``Decision.policy_ref``);
 - recorded hooks run inside the transaction that stores served decisions, with the rows as
-  the model received them, so that what they write commits (or not) with the decisions.
+  the model received them, so that what they write commits (or not) with the decisions;
+- failure hooks see every predict request that was refused or failed (monitoring counts them).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,3 +63,21 @@ def register_recorded_hook(hook: RecordedHook) -> None:
 def run_recorded_hooks(decisions: Sequence[Any], rows: Sequence[dict[str, Any]]) -> None:
     for hook in list(_recorded):
         hook(decisions, rows)
+
+
+FailureHook = Callable[[ModelFamily, BaseException], None]
+_failures: list[FailureHook] = []
+
+
+def register_failure_hook(hook: FailureHook) -> None:
+    """Add ``hook(family, error)``, called when a predict request for ``family`` fails."""
+    if hook not in _failures:
+        _failures.append(hook)
+
+
+def run_failure_hooks(family: ModelFamily, error: BaseException) -> None:
+    for hook in list(_failures):
+        try:
+            hook(family, error)
+        except Exception:  # observing a failure must never change the answer
+            logging.getLogger(__name__).exception("failure hook %s failed", hook)

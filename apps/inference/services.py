@@ -152,7 +152,20 @@ def build_decisions(
 def predict(
     *, family: ModelFamily, user: Any, key: ApiKey | None, request: PredictRequest
 ) -> tuple[int, dict[str, Any]]:
-    """Serve ``request`` for ``family`` (access already checked); (status, body) of the reply."""
+    """Serve ``request`` for ``family`` (access already checked); (status, body) of the reply.
+
+    A refused or failed request records no decision; the failure hooks see it.
+    """
+    try:
+        return _predict(family=family, user=user, key=key, request=request)
+    except Exception as exc:
+        policy.run_failure_hooks(family, exc)
+        raise
+
+
+def _predict(
+    *, family: ModelFamily, user: Any, key: ApiKey | None, request: PredictRequest
+) -> tuple[int, dict[str, Any]]:
     started = time.perf_counter()
     actor = _actor_tag(user, key)
     if request.idempotency_key:

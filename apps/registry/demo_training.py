@@ -445,6 +445,12 @@ def _digits_source() -> tuple[bytes, np.ndarray, np.ndarray]:
     return raw, table[:, :-1], table[:, -1].astype(np.int64)
 
 
+def digits_rows(n: int = 400) -> list[dict[str, float]]:
+    """The first ``n`` digit images as predict rows (``px_0`` .. ``px_63``)."""
+    _, pixels, _ = _digits_source()
+    return [{f"px_{i}": float(v) for i, v in enumerate(image)} for image in pixels[:n]]
+
+
 def train_digits_v1() -> TrainedModel:
     """digits 1.0.0: the small CNN on the 8x8 images."""
     raw, pixels, digits = _digits_source()
