@@ -196,8 +196,11 @@ def _sig(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def _judge(policy: MonitoringPolicy, psi_value: float, ks_p: float | None) -> DriftStatus:
-    if psi_value >= policy.psi_alert or (ks_p is not None and ks_p < policy.ks_p_alert):
+def _judge(
+    policy: MonitoringPolicy, psi_value: float, ks_p: float | None, ks_alpha: float | None = None
+) -> DriftStatus:
+    alpha = policy.ks_p_alert if ks_alpha is None else ks_alpha
+    if psi_value >= policy.psi_alert or (ks_p is not None and ks_p < alpha):
         return DriftStatus.DRIFT
     if psi_value >= policy.psi_warning:
         return DriftStatus.WARNING
@@ -205,7 +208,7 @@ def _judge(policy: MonitoringPolicy, psi_value: float, ks_p: float | None) -> Dr
 
 
 def _compare_numeric(
-    spec: Mapping[str, Any], column: list[Any], policy: MonitoringPolicy
+    spec: Mapping[str, Any], column: list[Any], policy: MonitoringPolicy, ks_alpha: float
 ) -> dict[str, Any]:
     values = _numbers(column)
     out: dict[str, Any] = {"kind": NUMERIC, "rows": len(values)}
@@ -223,7 +226,7 @@ def _compare_numeric(
         **out,
         "psi": _sig(psi_value),
         "live": [_sig(float(p)) for p in live],
-        "status": _judge(policy, psi_value, ks_p).value,
+        "status": _judge(policy, psi_value, ks_p, ks_alpha).value,
     }
 
 
@@ -258,16 +261,21 @@ def compare(
     edges, first and last bins open-ended) and the two-sample Kolmogorov-Smirnov test
     (``scipy.stats.ks_2samp``, two-sided: ``D = sup_x |F_live(x) - F_ref(x)|`` with its
     p-value) against the reference sample. Bool and category features: PSI over the values.
-    A feature is ``drift`` when ``PSI >= psi_alert`` or ``KS p < ks_p_alert``, ``warning`` when
+    A feature is ``drift`` when ``PSI >= psi_alert`` or ``KS p < ks_p_alert / n`` (Bonferroni
+    over the ``n`` numeric features), ``warning`` when
     ``PSI >= psi_warning``, else ``ok``; ``insufficient`` when it has fewer than
     ``drift_min_rows`` live values. Overall: the worst feature status, or ``insufficient`` when
     there are fewer than ``drift_min_rows`` live rows (or no feature could be judged).
     """
     features: dict[str, dict[str, Any]] = {}
+    # Bonferroni: with many numeric features (64 pixels) a per-feature 1 % test would flag some
+    # feature on almost every check; the family-wise false-alarm rate stays at ks_p_alert.
+    n_numeric = sum(1 for spec in reference.features.values() if spec["kind"] == NUMERIC)
+    ks_alpha = policy.ks_p_alert / max(1, n_numeric)
     for name, spec in reference.features.items():
         column = [row.get(name) for row in live_rows]
         if spec["kind"] == NUMERIC:
-            features[name] = _compare_numeric(spec, column, policy)
+            features[name] = _compare_numeric(spec, column, policy, ks_alpha)
         else:
             features[name] = _compare_categorical(spec, column, policy)
     judged = [
