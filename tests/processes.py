@@ -95,8 +95,9 @@ def celery_worker(tmp_path: Path) -> Iterator[str]:
 
 
 @contextmanager
-def asgi_server(tmp_path: Path) -> Iterator[str]:
-    """A real uvicorn process serving gatehouse.asgi; yields its base URL."""
+def asgi_server(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real uvicorn process serving gatehouse.asgi (``env`` added to its environment);
+    yields its base URL."""
     port = free_port()
     log = tmp_path / "web.log"
     with log.open("wb") as out:
@@ -112,7 +113,7 @@ def asgi_server(tmp_path: Path) -> Iterator[str]:
                 "off",
             ],
             cwd=ROOT,
-            env=_env(),
+            env=_env(**(env or {})),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
