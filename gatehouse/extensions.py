@@ -48,6 +48,8 @@ class _Registry:
     alert_listeners: list[Callable[[Alert], None]] = field(default_factory=list)
     # Live topics a page may subscribe to over the websocket: name -> LiveTopic.
     live_topics: dict[str, LiveTopic] = field(default_factory=dict)
+    # Components reported by GET /health besides the database, cache and broker: name -> check.
+    health_checks: dict[str, HealthCheck] = field(default_factory=dict)
 
 
 registry = _Registry()
@@ -103,3 +105,22 @@ def alert_raised(alert: Alert) -> None:
             listener(alert)
         except Exception:
             logger.exception("alert listener %r failed for alert %s", listener, alert.pk)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A component that ``GET /health`` reports: ``check()`` returns "ok", "degraded" or "down"
+    (an exception counts as "down"). Only a ``required`` component that is not "ok" or
+    "degraded" makes the endpoint answer 503."""
+
+    name: str
+    check: Callable[[], str]
+    required: bool = False
+
+
+def register_health_check(check: HealthCheck) -> None:
+    registry.health_checks[check.name] = check
+
+
+def health_checks() -> list[HealthCheck]:
+    return list(registry.health_checks.values())

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from gatehouse import otp, selectors, services
 from gatehouse.errors import ApplicationError, server_error_body
-from gatehouse.extensions import nav_for
+from gatehouse.extensions import health_checks, nav_for
 from gatehouse.forms import ApiKeyForm, AuditFilterForm, OTPTokenForm, PasswordConfirmForm
 from gatehouse.roles import Role, has_role, roles_of, user_requires_otp
 
@@ -175,9 +175,28 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     return render(request, template, {"form": form, "page": page})
 
 
+# Seconds a health probe may wait for the broker (each probe opens one short connection).
+HEALTH_BROKER_TIMEOUT_S = 2
+
+
+def _broker_status() -> str:
+    from gatehouse.celery import app
+
+    with app.connection_for_write(connect_timeout=HEALTH_BROKER_TIMEOUT_S) as conn:
+        conn.ensure_connection(
+            max_retries=1, interval_start=0, interval_step=0, timeout=HEALTH_BROKER_TIMEOUT_S
+        )
+    return "ok"
+
+
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
-    """Public liveness/readiness: database and cache reachable. Names no versions or hosts."""
+    """Public health: database, cache and Celery broker (required), then the components apps
+    register (``extensions.register_health_check``, e.g. the inference backend). 200 when every
+    required component is up, 503 otherwise. ``?probe=live`` answers 200 without touching any
+    dependency (liveness: the process serves requests). Names no versions, hosts or errors."""
+    if request.GET.get("probe") == "live":
+        return JsonResponse({"status": "ok"})
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
@@ -192,10 +211,26 @@ def health(request: HttpRequest) -> JsonResponse:
     except Exception:
         logger.exception("health: cache check failed")
         checks["cache"] = "error"
+    try:
+        checks["broker"] = _broker_status()
+    except Exception:
+        logger.exception("health: broker check failed")
+        checks["broker"] = "error"
     healthy = all(v == "ok" for v in checks.values())
-    return JsonResponse(
-        {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
-    )
+    degraded = False
+    for component in health_checks():
+        try:
+            state = component.check()
+        except Exception:
+            logger.exception("health: %s check failed", component.name)
+            state = "down"
+        state = state if state in {"ok", "degraded"} else "down"
+        checks[component.name] = state
+        if state != "ok":
+            degraded = True
+            healthy = healthy and (state == "degraded" or not component.required)
+    status = ("degraded" if degraded else "ok") if healthy else "error"
+    return JsonResponse({"status": status, "checks": checks}, status=200 if healthy else 503)
 
 
 def server_error(request: HttpRequest) -> HttpResponseBase:

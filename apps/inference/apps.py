@@ -35,3 +35,14 @@ class InferenceConfig(AppConfig):
                 description="Kill-switch, canary, shadow and output of the families you manage.",
             )
         )
+        # GET /health reports the backend (not required: a TorchServe outage answers 503 on
+        # predictions, but must not take the pages, the kill-switch and the audit trail away).
+        extensions.register_health_check(
+            extensions.HealthCheck("inference", _backend_status, required=False)
+        )
+
+
+def _backend_status() -> str:
+    from apps.inference.backends import get_backend
+
+    return str(get_backend().health()["status"])
