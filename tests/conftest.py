@@ -26,6 +26,13 @@ def _in_memory_channel_layer(settings: Any, request: pytest.FixtureRequest) -> N
         settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
 
 
+@pytest.fixture(autouse=True)
+def _no_metrics_flusher(settings: Any) -> None:
+    """In-process tests flush monitoring counters themselves (a background thread would use a
+    database connection the test does not own); servers started as subprocesses keep it."""
+    settings.METRICS_FLUSH_S = 0
+
+
 @pytest.fixture
 def make_user(db: None) -> Callable[..., Any]:
     def make(*roles: Role, **kwargs: Any) -> Any:
