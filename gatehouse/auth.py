@@ -28,6 +28,7 @@ from gatehouse.errors import NotAuthenticated, OTPRequired, PermissionDenied
 from gatehouse.freshness import Fingerprint, FreshMemo, fingerprint
 from gatehouse.models import ApiKey
 from gatehouse.otp import is_verified
+from gatehouse.ratelimit import enforce as enforce_rate_limits
 from gatehouse.roles import user_requires_otp
 
 security_log = logging.getLogger("gatehouse.security")
@@ -199,6 +200,7 @@ class ApiKeyAuth(HttpBearer):
         context = auditlog_value.get(None)
         if isinstance(context, dict):
             context["actor"] = key.user  # audit entries name the key's owner
+        enforce_rate_limits(request, subject=f"key:{key.pk}")
         return key
 
 
@@ -216,6 +218,8 @@ class VerifiedSessionAuth(SessionAuth):
         user = super().authenticate(request, key)
         if user and user_requires_otp(user) and not is_verified(request.user):
             raise OTPRequired()
+        if user:
+            enforce_rate_limits(request, subject=f"user:{user.pk}")
         return user
 
 

@@ -135,3 +135,18 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.title}"
+
+
+class RateLimitCounter(models.Model):
+    """The request count of one caller in one rate-limit scope, for the current fixed window.
+
+    One row per (scope, caller), reset when a new window starts, so the table never grows with
+    time. Written only by ``gatehouse.ratelimit`` with one atomic upsert per request.
+    """
+
+    bucket = models.CharField(max_length=120, primary_key=True, help_text="scope:caller")
+    window_start = models.BigIntegerField(help_text="Start of the counted window (epoch s).")
+    hits = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.bucket}@{self.window_start}: {self.hits}"

@@ -8,6 +8,7 @@ turns on the hardened settings checked by ``manage.py check --deploy``.
 
 from __future__ import annotations
 
+import re
 import secrets
 import sys
 from datetime import timedelta
@@ -308,6 +309,22 @@ CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
         "script-src": [SELF],
+# Rate limits (gatehouse/ratelimit.py): "<requests>/<seconds>" per API key, or per user in a
+# browser session; 0 or empty turns one off. RATE_LIMIT_API counts every authenticated API
+# request, RATE_LIMIT_PREDICT also online predictions and batch submissions. The counters are
+# atomic in the database (embedded default) or Redis ("redis", the default with REDIS_URL).
+_RATE_FORMAT = re.compile(r"\s*(?:0|\d+\s*/\s*[1-9]\d*)?\s*")
+RATE_LIMIT_API = env_str("RATE_LIMIT_API", "1200/60")
+RATE_LIMIT_PREDICT = env_str("RATE_LIMIT_PREDICT", "600/60")
+RATE_LIMIT_STORAGE = env_str("RATE_LIMIT_STORAGE", "redis" if REDIS_URL else "database")
+if RATE_LIMIT_STORAGE not in {"database", "redis"} or (
+    RATE_LIMIT_STORAGE == "redis" and not REDIS_URL
+):
+    raise ImproperlyConfigured("RATE_LIMIT_STORAGE is 'database', or 'redis' with REDIS_URL set")
+for _rate_name in ("RATE_LIMIT_API", "RATE_LIMIT_PREDICT"):
+    if not _RATE_FORMAT.fullmatch(globals()[_rate_name]):
+        raise ImproperlyConfigured(f"{_rate_name} is '<requests>/<seconds>' (e.g. 600/60) or 0")
+
         "style-src": [SELF],
         "img-src": [SELF, "data:"],
         "connect-src": [SELF],

@@ -28,10 +28,11 @@ pytestmark = pytest.mark.django_db
 
 BODY = json.dumps({"rows": [ROW], "subject": "applicant-7"})
 
-# Without extension points: API key with its owner (1), family row (1), rights on it (1),
-# routing row (1), servable versions (1); then the decision inside its transaction: savepoint
+# Without extension points: API key with its owner (1), the rate-limit counters' upsert (1,
+# gatehouse.ratelimit), family row (1), rights on it (1), routing row (1), servable versions
+# (1); then the decision inside its transaction: savepoint
 # or BEGIN, chain head, insert, head update, release or COMMIT (5). Before the memos: 13.
-PREDICT_QUERIES = 10
+PREDICT_QUERIES = 11
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +45,7 @@ def _isolated(settings, tmp_path, monkeypatch):
     monkeypatch.setattr(policy, "_checks", [])
     monkeypatch.setattr(policy, "_recorded", [], raising=False)
     settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
+    settings.RATE_LIMIT_STORAGE = "database"  # the counted upsert, with or without REDIS_URL
     monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
     reset_backends()
     yield
