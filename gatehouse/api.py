@@ -17,6 +17,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
+from ninja.parser import Parser
 
 from gatehouse import selectors, services
 from gatehouse.auth import API_AUTH, api_key_of
@@ -33,7 +34,20 @@ from gatehouse.schemas import ErrorOut
 
 logger = logging.getLogger(__name__)
 
+
+class _ObjectBodyParser(Parser):
+    """Every JSON body of this API is an object: ``false``, ``0`` or ``[]`` would otherwise be
+    read as an empty body, so that a PUT of ``false`` reset a routing to its defaults."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        data = super().parse_body(request)
+        if not isinstance(data, dict):
+            raise ValueError("the body must be a JSON object")
+        return data
+
+
 api = NinjaAPI(
+    parser=_ObjectBodyParser(),
     title="Gatehouse API",
     version="1",
     description="Governed inference: registry, predictions, consent and decision records.",
@@ -93,7 +107,16 @@ def _authorization_error(request: HttpRequest, exc: AuthorizationError) -> HttpR
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    body: dict[str, Any] = {"detail": str(exc), "code": "http_error", "errors": []}
+    if exc.status_code == 400:
+        # ninja's "Cannot parse request body" (malformed JSON): invalid input like any other,
+        # a documented 422 naming the body rather than an undocumented 400.
+        body: dict[str, Any] = {
+            "detail": "Invalid input: body.",
+            "code": "invalid",
+            "errors": [{"field": "body", "message": str(exc), "type": "json_invalid"}],
+        }
+        return api.create_response(request, body, status=422)
+    body = {"detail": str(exc), "code": "http_error", "errors": []}
     return api.create_response(request, body, status=exc.status_code)
 
 

@@ -18,7 +18,8 @@ from gatehouse.errors import PermissionDenied
 from gatehouse.schemas import ErrorOut
 
 router = Router(tags=["compliance"])
-ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
+# 422: a path or query parameter that does not parse (a UUID, a status name).
+ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 WRITE_ERRORS = {**ERRORS, 409: ErrorOut, 422: ErrorOut}
 
 

@@ -60,7 +60,7 @@ class RoutingIn(Schema):
 
 
 class RoutingOut(RoutingIn):
-    updated_at: datetime
+    updated_at: datetime | None  # None: the defaults, never saved
 
 
 class OutcomeIn(Schema):
