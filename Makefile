@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 export DJANGO_SETTINGS_MODULE := gatehouse.settings
 
-.PHONY: install run migrate demo test lint typecheck security test-only clean bench
+.PHONY: install run migrate demo test lint typecheck security test-only clean bench soak
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + ")")'
@@ -67,6 +67,13 @@ bench: install
 			granian==2.8.9 py-spy==0.4.3 || \
 		echo "granian/py-spy not installed: bench uses uvicorn and skips the profile"
 	BENCH_TOOLS=$(BENCH_TOOLS) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Soak: >= 100k predictions against PostgreSQL + Redis (uvicorn workers, wrk); decision records
+# == 2xx answers by request id, chain verified (see bench/soak.py, docs/performance.md).
+# SOAK_DATABASE_URL / SOAK_REDIS_URL choose the servers; its database is dropped and recreated.
+soak: install
+	@command -v wrk >/dev/null || { echo "soak needs wrk (apt-get install wrk)"; exit 1; }
+	BENCH_TOOLS=$(BENCH_TOOLS) $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -185,9 +185,25 @@ def _explain_new(served: list[tuple[Decision, dict[str, Any]]]) -> None:
             _store(items, inline=False)
             pending.extend(str(d.id) for d, _ in items)
     if pending:
-        from apps.compliance.tasks import explain_decisions
+        transaction.on_commit(lambda: _queue_explanations(pending))
 
-        transaction.on_commit(lambda: explain_decisions.delay(pending))
+
+def _queue_explanations(pending: list[str]) -> None:
+    """Queue the explanations of committed decisions. The prediction is already recorded and
+    must still be answered when the broker is down: the explanations stay pending and
+    ``compliance.resume_explanations`` sends them again. No result is kept (none is read), so
+    queueing never waits on the result backend's reconnection retries."""
+    from apps.compliance.tasks import explain_decisions
+
+    try:
+        explain_decisions.apply_async(args=(pending,), ignore_result=True)
+    except Exception:
+        logger.warning(
+            "explanations of %d decision(s) not queued (broker unavailable); left pending for "
+            "compliance.resume_explanations",
+            len(pending),
+            exc_info=True,
+        )
 
 
 def _store(items: list[tuple[Decision, dict[str, Any]]], *, inline: bool) -> None:

@@ -282,7 +282,11 @@ def _send(job_id: uuid.UUID | str, *, stall_s: float | None = None) -> None:
     options: dict[str, Any] = {}
     if queue := str(_setting("BATCH_QUEUE", "") or ""):
         options["queue"] = queue
-    batch_run_task.apply_async(args=(str(job_id),), kwargs={"stall_s": stall_s}, **options)
+    # No result is kept (the job row is the result): with Redis down, queueing then fails after
+    # the broker's short publish retries instead of waiting ~20 s on the result backend's.
+    batch_run_task.apply_async(
+        args=(str(job_id),), kwargs={"stall_s": stall_s}, ignore_result=True, **options
+    )
 
 
 def _enqueue_new(job_id: uuid.UUID) -> None:
