@@ -199,6 +199,18 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = timedelta(hours=1)
 CELERY_BEAT_SCHEDULE_FILENAME = str(CELERY_DIR / "beat-schedule")
+# Queues: deployments run separate worker groups (deploy/k8s/workers.yaml); empty means the
+# default queue, which the single worker of `make run` consumes.
+BATCH_QUEUE = env_str("BATCH_QUEUE", "")
+EXPLANATION_QUEUE = env_str("EXPLANATION_QUEUE", "")
+CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {
+    task: {"queue": queue}
+    for task, queue in (
+        ("inference.batch_run", BATCH_QUEUE),
+        ("compliance.explain_decisions", EXPLANATION_QUEUE),
+    )
+    if queue
+}
 CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     "warn-expiring-api-keys": {
         "task": "gatehouse.tasks.warn_expiring_api_keys",
@@ -297,18 +309,6 @@ OTP_TOTP_THROTTLE_FACTOR = 1
 API_KEY_DEFAULT_EXPIRY_DAYS = env_int("API_KEY_DEFAULT_EXPIRY_DAYS", 90)
 API_KEY_MAX_EXPIRY_DAYS = env_int("API_KEY_MAX_EXPIRY_DAYS", 365)
 
-# Raw saves (fixtures, serialized test rollbacks) are data loads, not human decisions.
-AUDITLOG_DISABLE_ON_RAW_SAVE = True
-
-# --- Security headers (always on; the HTTPS-only parts in production) --------------------------
-SECURE_CONTENT_TYPE_NOSNIFF = True
-SECURE_REFERRER_POLICY = "same-origin"
-SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
-X_FRAME_OPTIONS = "DENY"
-CONTENT_SECURITY_POLICY = {
-    "DIRECTIVES": {
-        "default-src": [SELF],
-        "script-src": [SELF],
 # Rate limits (gatehouse/ratelimit.py): "<requests>/<seconds>" per API key, or per user in a
 # browser session; 0 or empty turns one off. RATE_LIMIT_API counts every authenticated API
 # request, RATE_LIMIT_PREDICT also online predictions and batch submissions. The counters are
@@ -325,6 +325,18 @@ for _rate_name in ("RATE_LIMIT_API", "RATE_LIMIT_PREDICT"):
     if not _RATE_FORMAT.fullmatch(globals()[_rate_name]):
         raise ImproperlyConfigured(f"{_rate_name} is '<requests>/<seconds>' (e.g. 600/60) or 0")
 
+# Raw saves (fixtures, serialized test rollbacks) are data loads, not human decisions.
+AUDITLOG_DISABLE_ON_RAW_SAVE = True
+
+# --- Security headers (always on; the HTTPS-only parts in production) --------------------------
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
         "style-src": [SELF],
         "img-src": [SELF, "data:"],
         "connect-src": [SELF],
