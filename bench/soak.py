@@ -285,8 +285,14 @@ def main() -> int:
             and completeness["duplicate_records"] == 0
             and completeness["distinct_ok_ids"] == completeness["ok_2xx"]
         )
-        if not exact or len(ok_ids) < args.requests:
-            exit_code = 1
+        reasons = []
+        if not exact:
+            reasons.append("decision records != 2xx answers")
+        if len(ok_ids) < args.requests:
+            reasons.append(
+                f"only {len(ok_ids)} of {args.requests} 2xx within --max-minutes "
+                f"{args.max_minutes:g}"
+            )
         verify = subprocess.run(  # noqa: S603
             [*manage, "verify_decisions"],
             env=env,
@@ -298,6 +304,8 @@ def main() -> int:
         )
         verify_line = ((verify.stdout + verify.stderr).strip().splitlines() or ["(no output)"])[-1]
         if verify.returncode != 0:
+            reasons.append("the chain does not verify")
+        if reasons:
             exit_code = 1
         weights = [c["requests"] for c in chunks]
         results = {
@@ -360,7 +368,7 @@ def main() -> int:
         print(f"verify_decisions: {verify_line}")
         print(f"results: {var_dir / 'results.json'}  ({results['elapsed_s']:.0f} s)")
         if exit_code:
-            log("FAILED: fewer 2xx than asked, records != 2xx, or the chain does not verify")
+            log("FAILED: " + "; ".join(reasons or ["see above"]))
     except KeyboardInterrupt as exc:
         log(f"interrupted ({exc}); stopping everything")
         exit_code = 130
