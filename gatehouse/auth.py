@@ -131,6 +131,18 @@ def _failure_count(ident: str, now: float) -> int:
 
 
 def auth_failure_record(*, prefix: str = "", address: str = "", now: float | None = None) -> int:
+    """``_auth_failure_record``, but never failing the request it observes: with the cache
+    (Redis) down a bad key is still a 401, not a 500; the failure is only not counted."""
+    try:
+        return _auth_failure_record(prefix=prefix, address=address, now=now)
+    except Exception:
+        security_log.warning(
+            "authentication failure not counted (cache unavailable)", exc_info=True
+        )
+        return 0
+
+
+def _auth_failure_record(*, prefix: str = "", address: str = "", now: float | None = None) -> int:
     """Count one failed authentication (bad API key, failed login) against the key prefix and
     the client address; a count that reaches AUTH_FAILURE_ALERT_COUNT within
     AUTH_FAILURE_WINDOW_S raises an ``auth_failures`` alert at once (once while unacknowledged).
