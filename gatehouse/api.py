@@ -14,6 +14,8 @@ from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
@@ -26,6 +28,7 @@ from gatehouse.errors import (
     NotAuthenticated,
     PayloadTooLarge,
     PermissionDenied,
+    ServiceUnavailable,
     server_error_body,
 )
 from gatehouse.otp import is_verified
@@ -129,6 +132,24 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 @api.exception_handler(RequestDataTooBig)
 def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     return _error_response(request, PayloadTooLarge())
+
+
+@api.exception_handler(DatabaseOperationalError)
+@api.exception_handler(DatabaseInterfaceError)
+def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """The database went away (restart, failover): a retry may succeed, so answer 503 with
+    Retry-After instead of a generic 500 (an Idempotency-Key makes the retry safe)."""
+    logger.warning(
+        "database unavailable in API %s %s: %s", request.method, request.path, type(exc).__name__
+    )
+    return _error_response(
+        request,
+        ServiceUnavailable(
+            "The database is unavailable; retry shortly (with the same Idempotency-Key).",
+            code="database_unavailable",
+            retry_after=5,
+        ),
+    )
 
 
 @api.exception_handler(Exception)

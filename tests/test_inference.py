@@ -395,3 +395,16 @@ def test_reading_a_decision_honours_the_output_mode(client, caller, family):
     RoutingConfig.objects.update_or_create(family=family, defaults={"output_mode": "label"})
     body = client.get(f"/api/v1/decisions/{decision_id}", **caller[1]).json()
     assert body["scores"] is None
+
+
+def test_a_database_outage_answers_503_with_retry_after(client, caller, monkeypatch):
+    from django.db import OperationalError
+
+    def gone(_family):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr("apps.inference.routing.serving", gone)
+    response = predict(client, caller[1])
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+    assert response["Retry-After"] == "5"
