@@ -40,6 +40,8 @@ FAMILY = "credit-risk"
 PREDICT = f"/api/v1/models/{FAMILY}/predict"
 BATCH = f"/api/v1/models/{FAMILY}/batch"
 ROW = {"income": 40.0, "age": 35, "housing": "rent", "sex": "female"}
+# Limits far above the load: the limiter still runs (and costs) but never refuses these tests.
+UNLIMITED = {"RATE_LIMIT_API": "1000000000/60", "RATE_LIMIT_PREDICT": "1000000000/60"}
 SUBJECTS = [f"applicant-{i}" for i in range(1, 41)]
 PYTHON = sys.executable
 JSON = "application/json"
@@ -114,7 +116,11 @@ def test_redis_stopped_during_traffic_predictions_served_batch_refused(
     cookie = verified_client(family.owner).cookies[settings.SESSION_COOKIE_NAME].value
 
     with private_redis(tmp_path) as redis:
-        env = {"ARTIFACT_STORE_DIR": str(settings.ARTIFACT_STORE_DIR), "REDIS_URL": redis.url}
+        env = {
+            "ARTIFACT_STORE_DIR": str(settings.ARTIFACT_STORE_DIR),
+            "REDIS_URL": redis.url,
+            **UNLIMITED,
+        }
         with asgi_server(tmp_path, env=env) as host:
             client = httpx.Client(base_url=f"http://{host}", timeout=30)
             browser = httpx.Client(
@@ -355,6 +361,9 @@ def test_postgres_restarted_under_load_loses_no_acknowledged_decision(tmp_path: 
         # The server with the production database settings (CONN_MAX_AGE, health checks), not
         # the test ones; under ASGI gatehouse/asgi.py still closes connections per request.
         server_env["GATEHOUSE_TESTING"] = "0"
+        # The load comes from one key; the rate limiter stays in the path but must not refuse
+        # it (this test is about the restart, tests/test_ratelimit.py about the limits).
+        server_env.update(UNLIMITED)
         with asgi_server(tmp_path, env=server_env) as host:
             ok_ids: list[str] = []
             failures: list[tuple[float, str]] = []
