@@ -35,8 +35,7 @@ def _isolated(settings, tmp_path, monkeypatch):
     settings.METRICS_FLUSH_S = 0  # no flusher thread: the tests flush
     settings.METRICS_TOKEN = "scrape-token"
     monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
-    metrics.recorder.pending().clear()
-    metrics.recorder._pending.clear()
+    metrics.recorder.reset()
     reset_backends()
     yield
     reset_backends()

@@ -145,6 +145,11 @@ class Recorder:
         with self._lock:
             return dict(self._pending)
 
+    def reset(self) -> None:
+        """Forget counts not flushed yet (tests)."""
+        with self._lock:
+            self._pending.clear()
+
 
 def _merge(into: Counts, extra: Counts) -> None:
     into.requests += extra.requests
