@@ -42,6 +42,7 @@ from schemathesis.specs.openapi.checks import (
 from apps.registry import services as registry_services
 from apps.registry.permissions import FamilyAction
 from gatehouse import services
+from gatehouse.api import contains_nul
 from gatehouse.roles import Role
 from tests.registry_models import Registration, register, serve
 
@@ -237,8 +238,8 @@ def _run(op: Any, mode: GenerationMode, examples: int, path: dict[str, Any] | No
                 if (
                     type(failure).__name__ == "RejectedPositiveData"
                     and response.status_code == 422
-                    and op.label in SEMANTIC_422
-                ):
+                    and (op.label in SEMANTIC_422 or contains_nul(case.body))
+                ):  # U+0000 in a body is refused: PostgreSQL cannot store it (gatehouse/api.py)
                     tally.semantic_422 += 1
                     continue
                 title = getattr(failure, "title", type(failure).__name__)

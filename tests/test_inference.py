@@ -408,3 +408,19 @@ def test_a_database_outage_answers_503_with_retry_after(client, caller, monkeypa
     assert response.status_code == 503
     assert response.json()["code"] == "database_unavailable"
     assert response["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "false",
+        # A valid request but for U+0000, which PostgreSQL cannot store: refused on every DB.
+        json.dumps({"rows": [ROW], "subject": "applicant-7\u0000"}),
+        "{not json",
+    ],
+)
+def test_bodies_that_are_not_storable_json_objects_get_422(client, caller, body):
+    response = client.post(URL, body, content_type="application/json", **caller[1])
+    assert response.status_code == 422, response.content
+    assert response.json()["errors"][0]["field"] == "body"
+    assert Decision.objects.count() == 0
