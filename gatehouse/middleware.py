@@ -1,4 +1,4 @@
-"""Platform middleware: request ids, session timeouts and second-factor enforcement."""
+"""Platform middleware: request ids, NUL refusal, session timeouts and second-factor enforcement."""
 
 from __future__ import annotations
 
@@ -39,6 +39,37 @@ class RequestIDMiddleware:
             request_id_var.reset(token)
         response["X-Request-ID"] = request_id
         return response
+
+
+class NulCharacterMiddleware:
+    """Refuses a path or query string holding U+0000 (``%00``) before any view reads it:
+    PostgreSQL cannot store or even compare such a string, so it would surface as a 500.
+    The API answers 422 naming ``path`` or ``query``; pages answer 400."""
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        field = ""
+        if "\x00" in request.path:
+            field = "path"
+        elif any("\x00" in k or "\x00" in v for k, vs in request.GET.lists() for v in vs):
+            field = "query"
+        if not field:
+            return self.get_response(request)
+        message = "must not contain NUL characters (%00)"
+        if request.path.startswith("/api/"):
+            return JsonResponse(
+                {
+                    "detail": f"Invalid input: {field}.",
+                    "code": "invalid",
+                    "errors": [{"field": field, "message": message, "type": "invalid"}],
+                },
+                status=422,
+            )
+        return HttpResponse(
+            f"Bad request: the {field} {message}.", status=400, content_type="text/plain"
+        )
 
 
 AUTH_TIME_KEY = "_gatehouse_auth_at"

@@ -85,6 +85,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "gatehouse.middleware.RequestIDMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "gatehouse.middleware.NulCharacterMiddleware",
     # Header middleware early, so that responses made by later middleware carry them too.
     "csp.middleware.CSPMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

@@ -346,3 +346,20 @@ def test_production_hardens_cookies_transport_and_hides_the_api_docs(tmp_path):
 
 def test_the_api_docs_are_public_outside_production():
     assert django_settings.API_DOCS_PUBLIC is True
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "field"),
+    [
+        ("/api/v1/models/credit%00risk", 422, "path"),
+        ("/api/v1/reviews?status=open%00", 422, "query"),
+        ("/registry/families/x%00/", 400, None),
+    ],
+)
+def test_nul_characters_in_paths_and_queries_are_refused_before_any_view(
+    client, url, status, field
+):
+    response = client.get(url)
+    assert response.status_code == status
+    if field:
+        assert response.json()["errors"][0]["field"] == field
