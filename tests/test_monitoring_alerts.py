@@ -33,6 +33,16 @@ from tests.factories import ModelFamilyFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.monitoring_alert_urls")]
 
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Failure counters and sent-channel marks live in the cache: with Redis (CI's second pass)
+    it outlives each test's database rollback, so every test starts from an empty one."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 NOW = timezone.now().replace(second=30, microsecond=0)
 N_BUCKETS = len(LATENCY_BUCKETS_MS) + 1
 

@@ -393,8 +393,10 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-def _sent_key(alert_id: int, channel: str) -> str:
-    return f"gh:alert-sent:{alert_id}:{channel}"
+def _sent_key(alert: Alert, channel: str) -> str:
+    """The alert's id and creation time: a database restored or recreated beside a cache that
+    remembers an old alert of the same id must not silence the new one."""
+    return f"gh:alert-sent:{alert.pk}:{alert.created_at.timestamp():.6f}:{channel}"
 
 
 def deliver(alert_id: int) -> dict[str, Any]:
@@ -411,7 +413,7 @@ def deliver(alert_id: int) -> dict[str, Any]:
         return {}
     sent: dict[str, Any] = {}
     recipients = list(settings.ALERT_EMAILS)
-    if recipients and not cache.get(_sent_key(alert_id, "email")):
+    if recipients and not cache.get(_sent_key(alert, "email")):
         # Alert texts carry no personal data (rules name families and key prefixes only).
         body = "\n".join(
             [
@@ -434,10 +436,10 @@ def deliver(alert_id: int) -> dict[str, Any]:
             recipient_list=recipients,
             fail_silently=False,
         )
-        cache.set(_sent_key(alert_id, "email"), 1, timeout=_SENT_TTL_S)
+        cache.set(_sent_key(alert, "email"), 1, timeout=_SENT_TTL_S)
         sent["email"] = len(recipients)
     url = settings.ALERT_WEBHOOK_URL
-    if url and not cache.get(_sent_key(alert_id, "webhook")):
+    if url and not cache.get(_sent_key(alert, "webhook")):
         secret = settings.ALERT_WEBHOOK_SECRET
         if not secret:
             logger.error("alert webhook not sent: ALERT_WEBHOOK_SECRET is empty (unsigned body)")
@@ -457,7 +459,7 @@ def deliver(alert_id: int) -> dict[str, Any]:
             raise DeliveryFailed(f"alert webhook failed: {type(exc).__name__}") from exc
         if not response.is_success:
             raise DeliveryFailed(f"alert webhook answered {response.status_code}")
-        cache.set(_sent_key(alert_id, "webhook"), 1, timeout=_SENT_TTL_S)
+        cache.set(_sent_key(alert, "webhook"), 1, timeout=_SENT_TTL_S)
         sent["webhook"] = response.status_code
     return sent
 
