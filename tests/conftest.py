@@ -147,6 +147,26 @@ def approver(make_user: Callable[..., Any], family: Any) -> Any:
 
 
 @pytest.fixture
+def isolated_serving(settings: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A test's own artifact store, no packaging task, and fresh inference backends."""
+    from apps.inference.backends import reset_backends
+
+    settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
+    monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
+    reset_backends()
+    yield
+    reset_backends()
+
+
+@pytest.fixture
+def v1(family: Any, approver: Any) -> Any:
+    """Version 1.0.0 of the small test model, approved and in production."""
+    from tests.registry_models import serve
+
+    return serve(family, family.owner, approver, "1.0.0")
+
+
+@pytest.fixture
 def without_consent_check() -> Any:
     """Tests of the inference mechanics (routing, batching, backends) predict for arbitrary
     subjects: they run without the compliance app's consent check, which has its own tests."""

@@ -30,37 +30,18 @@ from gatehouse.errors import Conflict
 from gatehouse.models import Alert
 from gatehouse.pseudonyms import pseudonymise
 from gatehouse.roles import Role
-from tests.registry_models import Registration, register, serve
+from tests.registry_models import Registration, register
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_serving")]
 
 URL = "/api/v1/models/credit-risk/predict"
 ROW = {"income": 40.0, "age": 35, "housing": "rent", "sex": "female"}
 
 
 @pytest.fixture(autouse=True)
-def _isolated(settings, tmp_path, monkeypatch):
-    from apps.inference.backends import reset_backends
-
-    settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
-    monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
+def _isolated(isolated_serving, settings, monkeypatch):
     # Tasks are run by the tests themselves (a real worker runs them in test_compliance_worker).
     monkeypatch.setattr("apps.compliance.tasks.execute_erasure.delay", lambda _pk: None)
-    reset_backends()
-    yield
-    reset_backends()
-
-
-@pytest.fixture
-def approver(make_user, family):
-    user = make_user(Role.APPROVER, username="approver")
-    registry_services.family_grant(family=family, to=user, actions=[FamilyAction.APPROVE])
-    return user
-
-
-@pytest.fixture
-def v1(family, approver):
-    return serve(family, family.owner, approver, "1.0.0")
 
 
 @pytest.fixture

@@ -15,42 +15,21 @@ from apps.inference import services as inference_services
 from apps.inference.models import Decision
 from apps.monitoring import metrics, selectors
 from apps.monitoring.models import IncidentEvent, MetricMinute
-from apps.registry import services as registry_services
 from apps.registry.models import VersionStatus
-from apps.registry.permissions import FamilyAction
 from gatehouse.roles import Role
 from tests.registry_models import serve
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_serving")]
 
 URL = "/api/v1/models/credit-risk/predict"
 ROW = {"income": 40.0, "age": 35, "housing": "rent", "sex": "female"}
 
 
 @pytest.fixture(autouse=True)
-def _isolated(settings, tmp_path, monkeypatch):
-    from apps.inference.backends import reset_backends
-
-    settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
+def _isolated(isolated_serving, settings, monkeypatch):
     settings.METRICS_FLUSH_S = 0  # no flusher thread: the tests flush
     settings.METRICS_TOKEN = "scrape-token"
-    monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
     metrics.recorder.reset()
-    reset_backends()
-    yield
-    reset_backends()
-
-
-@pytest.fixture
-def approver(make_user, family):
-    user = make_user(Role.APPROVER, username="approver")
-    registry_services.family_grant(family=family, to=user, actions=[FamilyAction.APPROVE])
-    return user
-
-
-@pytest.fixture
-def v1(family, approver):
-    return serve(family, family.owner, approver, "1.0.0")
 
 
 @pytest.fixture

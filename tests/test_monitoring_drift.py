@@ -21,38 +21,12 @@ from apps.monitoring.models import (
     DriftStatus,
     MonitoringPolicy,
 )
-from apps.registry import services as registry_services
-from apps.registry.permissions import FamilyAction
 from apps.registry.signature import Signature
 from gatehouse.models import Alert
 from gatehouse.pseudonyms import pseudonymise
-from gatehouse.roles import Role
 from tests.registry_models import SIGNATURE, Registration, _rows, register, serve
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _isolated(settings, tmp_path, monkeypatch):
-    from apps.inference.backends import reset_backends
-
-    settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
-    monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
-    reset_backends()
-    yield
-    reset_backends()
-
-
-@pytest.fixture
-def approver(make_user, family):
-    user = make_user(Role.APPROVER, username="approver")
-    registry_services.family_grant(family=family, to=user, actions=[FamilyAction.APPROVE])
-    return user
-
-
-@pytest.fixture
-def v1(family, approver):
-    return serve(family, family.owner, approver, "1.0.0")
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_serving")]
 
 
 def _record(version, rows: list[dict[str, Any]], route: str = Route.PRODUCTION) -> list[Decision]:
