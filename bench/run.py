@@ -390,6 +390,12 @@ class Server:
     log_path: Path
 
 
+def uvicorn_http() -> str:
+    """How gatehouse/asgi.py serves HTTP in this run (GATEHOUSE_HTTP_INTERFACE)."""
+    asgi = os.environ.get("GATEHOUSE_HTTP_INTERFACE", "wsgi") == "asgi"
+    return "Django ASGI" if asgi else "a2wsgi"
+
+
 def server_argv(model: str, port: int, args: argparse.Namespace) -> tuple[list[str], str]:
     host = "127.0.0.1"
     if model == "granian":
@@ -447,7 +453,7 @@ def server_argv(model: str, port: int, args: argparse.Namespace) -> tuple[list[s
             "--no-access-log",
             "--log-level",
             "warning",
-        ], f"uvicorn ASGI, {args.workers} workers"
+        ], f"uvicorn {uvicorn_http()}, {args.workers} workers"
     raise ValueError(model)
 
 

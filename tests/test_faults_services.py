@@ -359,7 +359,8 @@ def test_postgres_restarted_under_load_loses_no_acknowledged_decision(tmp_path: 
             k: env[k] for k in ("DATABASE_URL", "ARTIFACT_STORE_DIR", "GATEHOUSE_VAR_DIR")
         }
         # The server with the production database settings (CONN_MAX_AGE, health checks), not
-        # the test ones; under ASGI gatehouse/asgi.py still closes connections per request.
+        # the test ones: gatehouse/asgi.py's HTTP threads keep their connections, so every
+        # thread's connection breaks at the restart and must be replaced, not reused.
         server_env["GATEHOUSE_TESTING"] = "0"
         # The load comes from one key; the rate limiter stays in the path but must not refuse
         # it (this test is about the restart, tests/test_ratelimit.py about the limits).
