@@ -120,6 +120,14 @@ class Alert(models.Model):
     title = models.CharField(max_length=200)
     detail = models.TextField(blank=True)
     subject = models.CharField(max_length=200, blank=True, help_text="What it is about.")
+    family = models.CharField(
+        max_length=64,
+        blank=True,
+        db_index=True,
+        help_text="Slug of the model family it concerns: those who may view that family see it. "
+        "Empty for platform alerts (keys, sign-ins, erasures), seen by administrators and "
+        "compliance officers only.",
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(

@@ -153,11 +153,18 @@ def user_deactivate(*, user: Any, by: Any) -> None:
 
 
 def alert_raise(
-    *, kind: str, severity: str, title: str, detail: str = "", subject: str = ""
+    *,
+    kind: str,
+    severity: str,
+    title: str,
+    detail: str = "",
+    subject: str = "",
+    family: str = "",
 ) -> Alert:
-    """Record an alert for operators (the monitoring app shows and routes it)."""
+    """Record an alert for operators (the monitoring app shows and routes it); ``family`` (a
+    model family's slug) limits who sees it to those who may view that family."""
     alert = Alert.objects.create(
-        kind=kind, severity=severity, title=title, detail=detail, subject=subject
+        kind=kind, severity=severity, title=title, detail=detail, subject=subject, family=family
     )
     security_log.warning("alert raised kind=%s subject=%s", kind, subject)
     # Listeners (delivery, live push) see only committed alerts.
@@ -166,10 +173,18 @@ def alert_raise(
 
 
 def alert_raise_once(
-    *, kind: str, severity: str, title: str, detail: str = "", subject: str = ""
+    *,
+    kind: str,
+    severity: str,
+    title: str,
+    detail: str = "",
+    subject: str = "",
+    family: str = "",
 ) -> Alert | None:
     """``alert_raise`` unless an unacknowledged alert of the same kind and subject exists
     (then None): a condition that persists is reported once until someone acknowledges it."""
     if Alert.objects.filter(kind=kind, subject=subject, acknowledged_at__isnull=True).exists():
         return None
-    return alert_raise(kind=kind, severity=severity, title=title, detail=detail, subject=subject)
+    return alert_raise(
+        kind=kind, severity=severity, title=title, detail=detail, subject=subject, family=family
+    )

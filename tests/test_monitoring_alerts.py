@@ -355,6 +355,7 @@ def an_alert() -> Alert:
         title="credit-risk: error rate 9.0%",
         detail="9 errors in 100 requests.",
         subject="family:credit-risk",
+        family="credit-risk",
     )
 
 
@@ -429,7 +430,7 @@ def listening() -> Iterator[None]:
 
 
 def test_a_committed_alert_is_enqueued_and_pushed_to_those_who_may_see_it(
-    settings, make_user, monkeypatch, listening, django_capture_on_commit_callbacks
+    settings, make_user, fam, monkeypatch, listening, django_capture_on_commit_callbacks
 ):
     settings.ALERT_EMAILS = ["ops@example.org"]
     enqueued: list[int] = []
@@ -441,6 +442,7 @@ def test_a_committed_alert_is_enqueued_and_pushed_to_those_who_may_see_it(
     admin = make_user(Role.ADMIN, username="ada")
     officer = make_user(Role.COMPLIANCE_OFFICER, username="cleo")
     clerk = make_user(Role.BUSINESS_USER, username="bob")
+    stranger = make_user(Role.MODEL_OWNER, username="olga")  # owns no family: not this alert
     with django_capture_on_commit_callbacks(execute=True):
         alert = an_alert()
     assert enqueued == [alert.pk]
@@ -449,11 +451,12 @@ def test_a_committed_alert_is_enqueued_and_pushed_to_those_who_may_see_it(
             "user__username", flat=True
         )
     )
-    assert notified == {"ada", "cleo"}
-    rows = [html for uid, html in pushed if uid in (admin.pk, officer.pk) and "alert-rows" in html]
-    assert len(rows) == 2
+    assert notified == {"ada", "cleo", fam.owner.username}
+    viewers = (admin.pk, officer.pk, fam.owner.pk)
+    rows = [html for uid, html in pushed if uid in viewers and "alert-rows" in html]
+    assert len(rows) == 3
     assert alert.title in rows[0]
-    assert all(uid != clerk.pk for uid, _ in pushed)
+    assert all(uid not in (clerk.pk, stranger.pk) for uid, _ in pushed)
 
 
 def test_nothing_is_enqueued_before_commit_or_without_channels(
@@ -499,11 +502,13 @@ def test_acknowledging_is_audited_and_recorded_as_an_incident_event(make_user, f
     assert alert.title in event.detail
 
 
-def test_acknowledging_needs_a_role_a_second_factor_and_an_open_alert(make_user):
+def test_acknowledging_needs_a_role_a_second_factor_and_an_open_alert(make_user, fam):
     alert = an_alert()
     with pytest.raises(NotFound):
         alerts.alert_acknowledge(alert_id=alert.pk, user=Verified(make_user(Role.API_CONSUMER)))
-    owner = make_user(Role.MODEL_OWNER)
+    with pytest.raises(NotFound):  # a model owner who may not view the alert's family
+        alerts.alert_acknowledge(alert_id=alert.pk, user=Verified(make_user(Role.MODEL_OWNER)))
+    owner = fam.owner
     with pytest.raises(OTPRequired):
         alerts.alert_acknowledge(alert_id=alert.pk, user=Verified(owner, verified=False))
     with pytest.raises(NotFound):
@@ -513,10 +518,10 @@ def test_acknowledging_needs_a_role_a_second_factor_and_an_open_alert(make_user)
         alerts.alert_acknowledge(alert_id=alert.pk, user=Verified(owner))
 
 
-def test_only_alert_roles_see_alerts(make_user):
+def test_only_alert_roles_see_alerts(make_user, fam):
     alert = an_alert()
     assert list(alerts.alerts_visible(user=make_user(Role.ADMIN))) == [alert]
-    assert list(alerts.alerts_visible(user=make_user(Role.MODEL_OWNER))) == [alert]
+    assert list(alerts.alerts_visible(user=fam.owner)) == [alert]
     assert list(alerts.alerts_visible(user=make_user(Role.BUSINESS_USER))) == []
     assert list(alerts.alerts_visible(user=make_user(Role.APPROVER))) == []
     Alert.objects.update(acknowledged_at=timezone.now())
@@ -524,6 +529,31 @@ def test_only_alert_roles_see_alerts(make_user):
     assert (
         len(alerts.alerts_visible(user=make_user(Role.ADMIN, username="y"), active_only=False)) == 1
     )
+
+
+def test_model_owners_see_only_the_alerts_of_families_they_may_view(make_user, fam):
+    ours = an_alert()
+    theirs = services.alert_raise(
+        kind="drift", severity="warning", title="fraud v1: drift", family="fraud"
+    )
+    platform = services.alert_raise(
+        kind="auth_failures", severity="warning", title="bad keys", subject="key:gh_x"
+    )
+    stranger = make_user(Role.MODEL_OWNER, username="olga")
+    assert list(alerts.alerts_visible(user=stranger)) == []
+    assert list(alerts.alerts_visible(user=fam.owner)) == [ours]
+    for who in (make_user(Role.ADMIN), make_user(Role.COMPLIANCE_OFFICER, username="cleo")):
+        assert set(alerts.alerts_visible(user=who)) == {ours, theirs, platform}
+    for alert in (theirs, platform):
+        with pytest.raises(NotFound):
+            alerts.alert_acknowledge(alert_id=alert.pk, user=Verified(fam.owner))
+    client = Client()
+    client.force_login(stranger)
+    page = client.get(PAGE)
+    assert page.status_code == 200
+    assert ours.title not in page.content.decode()
+    assert alerts.alert_visible_to(fam.owner, ours)
+    assert not alerts.alert_visible_to(stranger, ours)
 
 
 # --- Pages ---------------------------------------------------------------------------------
@@ -556,8 +586,8 @@ def test_the_alert_page_is_not_found_for_other_roles(make_user):
     assert client.get(PAGE).status_code == 404
 
 
-def test_acknowledging_over_htmx_returns_the_updated_list(make_user, verified_client):
-    owner = make_user(Role.MODEL_OWNER, username="olivia")
+def test_acknowledging_over_htmx_returns_the_updated_list(make_user, fam, verified_client):
+    owner = fam.owner
     keep, ack = an_alert(), an_alert()
     client = verified_client(owner)
     response = client.post(ack_url(ack), HTTP_HX_REQUEST="true")
@@ -578,8 +608,8 @@ def test_acknowledging_over_htmx_returns_the_updated_list(make_user, verified_cl
     assert response.status_code == 409
 
 
-def test_acknowledging_without_a_second_factor_is_refused(make_user):
-    owner = make_user(Role.MODEL_OWNER, username="olivia")
+def test_acknowledging_without_a_second_factor_is_refused(make_user, fam):
+    owner = fam.owner
     alert = an_alert()
     client = Client()
     client.force_login(owner)

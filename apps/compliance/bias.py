@@ -210,6 +210,7 @@ def report_create(
                 f"{breach['value']:.3f}",
                 detail=f"Bias report {report.pk} ({source}, {len(rows)} rows).",
                 subject=str(version),
+                family=version.family.slug,
             )
     return report
 

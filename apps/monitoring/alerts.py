@@ -39,6 +39,7 @@ from apps.monitoring.models import (
     MonitoringPolicy,
 )
 from apps.registry.models import ModelFamily
+from apps.registry.selectors import family_list
 from gatehouse import extensions, live
 from gatehouse.errors import Conflict, NotFound, OTPRequired
 from gatehouse.models import Alert, ApiKey, Notification
@@ -161,6 +162,7 @@ def error_rate_alerts(*, now: datetime | None = None) -> list[Alert]:
             detail=f"{t.errors} errors in {t.requests} requests; the policy allows "
             f"{policy.error_rate_max:.1%}.",
             subject=f"family:{t.slug}",
+            family=t.slug,
         )
         if alert is not None:
             raised.append(alert)
@@ -189,6 +191,7 @@ def latency_alerts(*, now: datetime | None = None) -> list[Alert]:
             detail=f"The SLO is p95 <= {policy.latency_p95_slo_ms:g} ms "
             f"({int(sum(t.buckets))} requests; p95 read from histogram buckets).",
             subject=f"family:{t.slug}",
+            family=t.slug,
         )
         if alert is not None:
             raised.append(alert)
@@ -306,12 +309,29 @@ def can_see_alerts(user: Any) -> bool:
     return bool(getattr(user, "is_active", False)) and has_role(user, *ALERT_ROLES)
 
 
+def sees_every_alert(user: Any) -> bool:
+    """Administrators and compliance officers see every alert, platform alerts included;
+    model owners see only the alerts of families they may view."""
+    return can_see_alerts(user) and has_role(user, Role.ADMIN, Role.COMPLIANCE_OFFICER)
+
+
+def _scoped(alerts: QuerySet[Alert], user: Any) -> QuerySet[Alert]:
+    if not can_see_alerts(user):
+        return alerts.none()
+    if sees_every_alert(user):
+        return alerts
+    return alerts.filter(family__in=family_list(user=user).values("slug")).exclude(family="")
+
+
+def alert_visible_to(user: Any, alert: Alert) -> bool:
+    return _scoped(Alert.objects.filter(pk=alert.pk), user).exists()
+
+
 def alerts_visible(*, user: Any, active_only: bool = True) -> QuerySet[Alert]:
     """Alerts ``user`` may see, newest first: unacknowledged only unless ``active_only`` is
-    False; none for users outside ALERT_ROLES."""
-    if not can_see_alerts(user):
-        return Alert.objects.none()
-    alerts = Alert.objects.select_related("acknowledged_by").order_by("-created_at")
+    False; none for users outside ALERT_ROLES; for model owners only those of the families
+    they may view."""
+    alerts = _scoped(Alert.objects.select_related("acknowledged_by"), user).order_by("-created_at")
     return alerts.filter(acknowledged_at__isnull=True) if active_only else alerts
 
 
@@ -345,8 +365,8 @@ def _save_as(instance: Any, user: Any, fields: list[str]) -> None:
 def alert_acknowledge(*, alert_id: int, user: Any) -> Alert:
     """Mark an alert as seen by ``user`` (audited; an incident event on the dashboard).
 
-    Only ALERT_ROLES (others get not found) in a session verified with a second factor;
-    Conflict if someone acknowledged it already.
+    Only those who may see it (others get not found) in a session verified with a second
+    factor; Conflict if someone acknowledged it already.
     """
     if not can_see_alerts(user):
         raise NotFound("No such alert.")
@@ -354,7 +374,7 @@ def alert_acknowledge(*, alert_id: int, user: Any) -> Alert:
         raise OTPRequired()
     with transaction.atomic():
         alert = Alert.objects.select_for_update().filter(pk=alert_id).first()
-        if alert is None:
+        if alert is None or not alert_visible_to(user, alert):
             raise NotFound("No such alert.")
         if alert.acknowledged_at is not None:
             raise Conflict("This alert was acknowledged already.", code="already_acknowledged")
@@ -362,8 +382,8 @@ def alert_acknowledge(*, alert_id: int, user: Any) -> Alert:
         alert.acknowledged_by = user
         _save_as(alert, user, ["acknowledged_at", "acknowledged_by"])
         family = None
-        if alert.subject.startswith("family:"):
-            family = ModelFamily.objects.filter(slug=alert.subject.removeprefix("family:")).first()
+        if alert.family:
+            family = ModelFamily.objects.filter(slug=alert.family).first()
         IncidentEvent.objects.create(
             family=family,
             kind="alert_acknowledged",
@@ -467,13 +487,14 @@ def deliver(alert_id: int) -> dict[str, Any]:
 # --- Listener: delivery and live push ------------------------------------------------------
 
 
-def _alert_viewers() -> QuerySet[Any]:
-    return (
+def _alert_viewers(alert: Alert) -> list[Any]:
+    candidates = (
         get_user_model()
         .objects.filter(is_active=True)
         .filter(Q(is_superuser=True) | Q(groups__name__in=[r.value for r in ALERT_ROLES]))
         .distinct()
     )
+    return [user for user in candidates if alert_visible_to(user, alert)]
 
 
 def _alerts_url() -> str:
@@ -502,7 +523,7 @@ def on_alert_raised(alert: Alert) -> None:
         row = render_to_string(
             "monitoring/partials/alert_list.html#live_row", {"alert": alert, "oob": True}
         )
-    for user in _alert_viewers():
+    for user in _alert_viewers(alert):
         notification_create(
             user=user,
             text=f"Alert ({alert.severity}): {alert.title}"[:500],

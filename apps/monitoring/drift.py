@@ -353,6 +353,7 @@ def _raise_alert(version: ModelVersion, features: Mapping[str, Mapping[str, Any]
         title=f"Input drift in {version}: {', '.join(drifted)}"[:200],
         detail="\n".join(lines),
         subject=str(version),
+        family=version.family.slug,
     )
 
 

@@ -139,6 +139,7 @@ def load_version(version: Any) -> nn.Module:
             title=f"Artifact of {version} refused: {exc.error_code}",
             detail=f"expected sha256 {version.artifact_sha256}",
             subject=str(version),
+            family=version.family.slug,
         )
         raise
     return model_from_bytes(

@@ -611,6 +611,7 @@ class TorchServeBackend:
                 title=f"TorchServe archive of {version} refused: {type(exc).__name__}",
                 detail=f"expected mar sha256 {version.mar_sha256}",
                 subject=str(version),
+                family=version.family.slug,
             )
             if isinstance(exc, (ArtifactTampered, ArtifactMissing)):
                 raise
