@@ -12,41 +12,19 @@ from django.test import Client
 from apps.inference import chain, policy
 from apps.inference.models import Decision, RoutingConfig
 from apps.inference.routing import bucket
-from apps.registry import services as registry_services
 from apps.registry.models import VersionStatus
-from apps.registry.permissions import FamilyAction
 from gatehouse import services as platform_services
 from gatehouse.errors import PermissionDenied, ValidationFailed
 from gatehouse.roles import Role
 from tests.registry_models import Registration, register, serve
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("without_consent_check")]
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("without_consent_check", "isolated_serving"),
+]
 
 URL = "/api/v1/models/credit-risk/predict"
 ROW = {"income": 40.0, "age": 35, "housing": "rent", "sex": "female"}
-
-
-@pytest.fixture(autouse=True)
-def _isolated(settings, tmp_path, monkeypatch):
-    from apps.inference.backends import reset_backends
-
-    settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
-    monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
-    reset_backends()
-    yield
-    reset_backends()
-
-
-@pytest.fixture
-def approver(make_user, family):
-    user = make_user(Role.APPROVER, username="approver")
-    registry_services.family_grant(family=family, to=user, actions=[FamilyAction.APPROVE])
-    return user
-
-
-@pytest.fixture
-def v1(family, approver):
-    return serve(family, family.owner, approver, "1.0.0")
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ from apps.registry import services as registry_services
 from apps.registry.permissions import FamilyAction
 from gatehouse.roles import Role
 from tests.factories import ModelFamilyFactory
-from tests.registry_models import serve
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("without_consent_check")]
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("without_consent_check", "isolated_serving"),
+]
 
 HOME = "/predict/"
 FORM = "/predict/credit-risk/"
@@ -28,29 +30,6 @@ VALID = {
     "request-subject": "applicant-7",
     "request-purpose": "credit_scoring",
 }
-
-
-@pytest.fixture(autouse=True)
-def _isolated(settings, tmp_path, monkeypatch):
-    from apps.inference.backends import reset_backends
-
-    settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
-    monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
-    reset_backends()
-    yield
-    reset_backends()
-
-
-@pytest.fixture
-def approver(make_user, family):
-    user = make_user(Role.APPROVER, username="approver")
-    registry_services.family_grant(family=family, to=user, actions=[FamilyAction.APPROVE])
-    return user
-
-
-@pytest.fixture
-def v1(family, approver):
-    return serve(family, family.owner, approver, "1.0.0")
 
 
 @pytest.fixture
