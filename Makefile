@@ -12,6 +12,9 @@ export DJANGO_SETTINGS_MODULE := gatehouse.settings
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + ")")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# The pip that venv bundles with Python 3.11.7 (23.2.1) has a known vulnerability
+	# (PYSEC-2023-228, fixed in 23.3; make security reports it).
+	$(BIN)/pip install --quiet --disable-pip-version-check "pip>=23.3"
 	# torch first and pinned: anything else lets a dependency pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
