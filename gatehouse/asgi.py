@@ -4,7 +4,7 @@ through Channels with Origin checks; one server process serves both on one port.
 Django's own ASGI handler runs each request's sync code in a new thread, so no database connection
 is ever reused and every request pays the sync/async hand-offs. Measured side by side with
 `make bench` (uvicorn, 2 workers, docs/performance.md): 82.6 -> 140.6 req/s and 18.8 -> 10.5 ms of
-CPU per prediction. ``GATEHOUSE_HTTP_THREADS`` (default 8) threads per process run the requests
+CPU per prediction. ``GATEHOUSE_HTTP_THREADS`` (default 4) threads per process run the requests
 and keep their connections (``CONN_MAX_AGE``); size threads x processes against the database's
 connection limit. ``GATEHOUSE_HTTP_INTERFACE=asgi`` serves HTTP with Django's ASGI handler instead
 (kept for comparison).
@@ -27,7 +27,7 @@ def _http_application() -> Any:
         from django.core.asgi import get_asgi_application
 
         return get_asgi_application()
-    threads = int(os.environ.get("GATEHOUSE_HTTP_THREADS", "8"))
+    threads = int(os.environ.get("GATEHOUSE_HTTP_THREADS", "4"))
     return WSGIMiddleware(get_wsgi_application(), workers=threads)  # type: ignore[arg-type]
 
 
