@@ -13,9 +13,11 @@ connection limit. ``GATEHOUSE_HTTP_INTERFACE=asgi`` serves HTTP with Django's AS
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
+from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gatehouse.settings")
@@ -26,9 +28,11 @@ def _http_application() -> Any:
         os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")  # never reused under ASGI
         from django.core.asgi import get_asgi_application
 
+        # WhiteNoise serves files with a sync iterator; Django warns about it under ASGI.
+        warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous")
         return get_asgi_application()
-    threads = int(os.environ.get("GATEHOUSE_HTTP_THREADS", "4"))
-    return WSGIMiddleware(get_wsgi_application(), workers=threads)  # type: ignore[arg-type]
+    wsgi = get_wsgi_application()  # sets Django up: settings are readable from here on
+    return WSGIMiddleware(wsgi, workers=settings.HTTP_THREADS)  # type: ignore[arg-type]
 
 
 http_application = _http_application()

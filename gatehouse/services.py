@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -152,39 +152,33 @@ def user_deactivate(*, user: Any, by: Any) -> None:
     security_log.info("user deactivated user_id=%s by=%s", user.pk, by.pk)
 
 
-def alert_raise(
-    *,
-    kind: str,
-    severity: str,
-    title: str,
-    detail: str = "",
-    subject: str = "",
-    family: str = "",
-) -> Alert:
-    """Record an alert for operators (the monitoring app shows and routes it); ``family`` (a
-    model family's slug) limits who sees it to those who may view that family."""
-    alert = Alert.objects.create(
-        kind=kind, severity=severity, title=title, detail=detail, subject=subject, family=family
-    )
-    security_log.warning("alert raised kind=%s subject=%s", kind, subject)
+class AlertFields(TypedDict):
+    """An alert's fields, as ``alert_raise`` and ``alert_raise_once`` take them (keywords)."""
+
+    kind: str
+    severity: str
+    title: str
+    detail: NotRequired[str]
+    subject: NotRequired[str]
+    family: NotRequired[str]  # a model family's slug: only those who may view it see the alert
+
+
+def alert_raise(**fields: Unpack[AlertFields]) -> Alert:
+    """Record an alert for operators (the monitoring app shows and routes it)."""
+    alert = Alert.objects.create(**fields)
+    security_log.warning("alert raised kind=%s subject=%s", alert.kind, alert.subject)
     # Listeners (delivery, live push) see only committed alerts.
     transaction.on_commit(lambda: alert_raised(alert))
     return alert
 
 
-def alert_raise_once(
-    *,
-    kind: str,
-    severity: str,
-    title: str,
-    detail: str = "",
-    subject: str = "",
-    family: str = "",
-) -> Alert | None:
+def alert_raise_once(**fields: Unpack[AlertFields]) -> Alert | None:
     """``alert_raise`` unless an unacknowledged alert of the same kind and subject exists
     (then None): a condition that persists is reported once until someone acknowledges it."""
-    if Alert.objects.filter(kind=kind, subject=subject, acknowledged_at__isnull=True).exists():
-        return None
-    return alert_raise(
-        kind=kind, severity=severity, title=title, detail=detail, subject=subject, family=family
+    subject = fields.get("subject", "")
+    still_open = Alert.objects.filter(
+        kind=fields["kind"], subject=subject, acknowledged_at__isnull=True
     )
+    if still_open.exists():
+        return None
+    return alert_raise(**fields)

@@ -139,6 +139,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 # statement again (several ms per request), a new PostgreSQL one costs a backend process.
 # Tests close connections at once, so that the test database can be dropped afterwards.
 _db["CONN_MAX_AGE"] = 0 if TESTING else env_int("DATABASE_CONN_MAX_AGE", 60)
+# Threads per web process running HTTP requests (gatehouse/asgi.py); each keeps a connection.
+HTTP_THREADS = env_int("GATEHOUSE_HTTP_THREADS", 4)
 _db["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

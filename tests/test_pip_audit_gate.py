@@ -63,6 +63,15 @@ def snapshot(*advisories: dict, checked: dict[str, str], taken: str = "2026-11-0
     }
 
 
+# Two introduced/fixed pairs, listed newest first as Django's advisories list them.
+TWO_BRANCHES = [
+    {"introduced": "5.1"},
+    {"fixed": "5.1.1"},
+    {"introduced": "4.2"},
+    {"fixed": "4.2.16"},
+]
+
+
 @pytest.mark.parametrize(
     ("events", "version", "expected"),
     [
@@ -73,27 +82,10 @@ def snapshot(*advisories: dict, checked: dict[str, str], taken: str = "2026-11-0
         ([{"introduced": "0"}, {"last_affected": "2.0"}], "2.0", True),
         ([{"introduced": "0"}, {"last_affected": "2.0"}], "2.0.1", False),
         ([{"introduced": "0"}], "99.0", True),
-        # several introduced/fixed pairs, listed out of order as Django's advisories are
-        (
-            [{"introduced": "5.1"}, {"fixed": "5.1.1"}, {"introduced": "4.2"}, {"fixed": "4.2.16"}],
-            "4.2.15",
-            True,
-        ),
-        (
-            [{"introduced": "5.1"}, {"fixed": "5.1.1"}, {"introduced": "4.2"}, {"fixed": "4.2.16"}],
-            "5.0.3",
-            False,
-        ),
-        (
-            [{"introduced": "5.1"}, {"fixed": "5.1.1"}, {"introduced": "4.2"}, {"fixed": "4.2.16"}],
-            "5.1",
-            True,
-        ),
-        (
-            [{"introduced": "5.1"}, {"fixed": "5.1.1"}, {"introduced": "4.2"}, {"fixed": "4.2.16"}],
-            "5.2.19",
-            False,
-        ),
+        (TWO_BRANCHES, "4.2.15", True),
+        (TWO_BRANCHES, "5.0.3", False),
+        (TWO_BRANCHES, "5.1", True),
+        (TWO_BRANCHES, "5.2.19", False),
         # a pre-release fix and a local version label
         ([{"introduced": "0"}, {"fixed": "24.7.0rc1"}], "24.3.0", True),
         ([{"introduced": "0"}, {"fixed": "1.13.1"}], "2.13.0+cpu", False),

@@ -21,7 +21,6 @@ import datetime
 import importlib.metadata
 import json
 import os
-import re
 import subprocess
 import sys
 import tomllib
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ STALE_AFTER_DAYS = 90
 
 def normalise(name: str) -> str:
     """A distribution name as the advisory database spells its folders (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 def exceptions() -> dict[tuple[str, str], str]:

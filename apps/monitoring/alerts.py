@@ -320,11 +320,16 @@ def _scoped(alerts: QuerySet[Alert], user: Any) -> QuerySet[Alert]:
         return alerts.none()
     if sees_every_alert(user):
         return alerts
-    return alerts.filter(family__in=family_list(user=user).values("slug")).exclude(family="")
+    return alerts.filter(family__in=family_list(user=user).values("slug"))
 
 
 def alert_visible_to(user: Any, alert: Alert) -> bool:
-    return _scoped(Alert.objects.filter(pk=alert.pk), user).exists()
+    """``_scoped``'s rule for one alert already loaded."""
+    if not can_see_alerts(user):
+        return False
+    if sees_every_alert(user):
+        return True
+    return bool(alert.family) and family_list(user=user).filter(slug=alert.family).exists()
 
 
 def alerts_visible(*, user: Any, active_only: bool = True) -> QuerySet[Alert]:
