@@ -2,8 +2,8 @@
 
 Named ``gatehouse`` and not ``platform``: a top-level ``platform`` package would shadow the
 standard-library module of that name, which ``uuid`` (and so Django) imports.
+
+Importing the package imports nothing else (``gatehouse.tlog.verify`` must run without
+Django); the Celery app is loaded when Django starts (``GatehouseConfig.ready``) and by
+``celery -A gatehouse``, which finds ``gatehouse.celery``.
 """
-
-from gatehouse.celery import app as celery_app
-
-__all__ = ["celery_app"]

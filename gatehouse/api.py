@@ -242,6 +242,7 @@ def revoke_key(request: HttpRequest, key_id: int) -> Any:
 api.add_router("/", platform_router)
 for _prefix, _router in (
     ("/registry/", "apps.registry.api.router"),
+    ("/", "gatehouse.tlog.api.router"),
     ("/", "apps.inference.api.router"),
     ("/", "apps.compliance.api.router"),
 ):

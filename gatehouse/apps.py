@@ -15,11 +15,15 @@ class GatehouseConfig(AppConfig):
         from django_otp.plugins.otp_totp.models import TOTPDevice
         from guardian.models import GroupObjectPermission, UserObjectPermission
 
+        import gatehouse.celery  # noqa: F401  (the Celery app, so that tasks are sent to it)
         from gatehouse import extensions, signals
         from gatehouse.models import Alert, ApiKey
         from gatehouse.roles import Role
+        from gatehouse.tlog import audit, witness
 
         signals.connect()
+        audit.connect()
+        witness.connect()
 
         # Every record of a human decision about access is audited; secrets never enter `changes`.
         auditlog.register(ApiKey, exclude_fields=["key_hash", "last_used_at"])

@@ -37,6 +37,12 @@ def _http_application() -> Any:
 
 http_application = _http_application()
 
+# The decision log's sequencer (active or standing by) runs in every web process unless it runs
+# as a process of its own (LOG_SEQUENCER_EMBEDDED=false, deploy/).
+from gatehouse.tlog.sequencer import start_in_background  # noqa: E402
+
+start_in_background()
+
 # Channels' auth middleware and the consumers need Django set up (above).
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -158,3 +158,9 @@ class RateLimitCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bucket}@{self.window_start}: {self.hits}"
+
+
+# The transparency log's tables belong to this app (gatehouse/tlog/models.py).
+from gatehouse.tlog.models import LogCheckpoint, LogLeaf, LogLease, LogNode  # noqa: E402
+
+__all__ = ["LogCheckpoint", "LogLeaf", "LogLease", "LogNode"]

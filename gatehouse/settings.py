@@ -239,6 +239,50 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     "drift-check": {"task": "monitoring.drift_check", "schedule": timedelta(minutes=1)},
     "alert-rules": {"task": "monitoring.evaluate_alert_rules", "schedule": timedelta(minutes=1)},
 }
+# --- Transparency log of decisions (gatehouse/tlog, docs/inference.md "The decision log") ----
+# The Ed25519 signing key of checkpoints and promises, as a C2SP note signer key
+# (PRIVATE+KEY+<origin>+<key id>+<base64>); its name is the log's origin. Required in
+# production; in development one is generated under var/ with LOG_ORIGIN as its name.
+LOG_ORIGIN = env_str("LOG_ORIGIN", "gatehouse.local/decisions")
+
+
+def _log_signing_key() -> str:
+    key = env_secret("LOG_SIGNING_KEY")
+    if key:
+        return key
+    if PRODUCTION:
+        raise ImproperlyConfigured(
+            "LOG_SIGNING_KEY (or LOG_SIGNING_KEY_FILE) must be set in production "
+            "(manage.py log_keygen prints a new one)"
+        )
+    from gatehouse.tlog.verify import SignerKey
+
+    path = VAR_DIR / "log-signing-key"
+    if not path.exists():
+        path.write_text(SignerKey.generate(LOG_ORIGIN).text() + "\n", encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+LOG_SIGNING_KEY = _log_signing_key()
+# Verifier keys of earlier signing keys (comma-separated), so old checkpoints keep verifying.
+LOG_PREVIOUS_PUBLIC_KEYS = env_list("LOG_PREVIOUS_PUBLIC_KEYS", [])
+# Longest time from a decision's commit to its integration into a signed checkpoint.
+LOG_MAX_MERGE_DELAY_S = float(env_str("LOG_MAX_MERGE_DELAY_S", "1"))
+# Leaves integrated per sequencer pass (one transaction).
+LOG_BATCH_SIZE = env_int("LOG_BATCH_SIZE", 5000)
+# A sequencer that stops renewing its lease for this long is replaced by a stand-by.
+LOG_LEASE_S = float(env_str("LOG_LEASE_S", "3"))
+# Run a sequencer (active or stand-by) inside each web process; off where it runs as its own
+# process (deploy/: manage.py run_sequencer).
+LOG_SEQUENCER_EMBEDDED = env_bool("LOG_SEQUENCER_EMBEDDED", True)
+# Every checkpoint is also written here, one file per tree size, for witnesses; "" turns it off.
+LOG_WITNESS_DIR = env_str("LOG_WITNESS_DIR", str(VAR_DIR / "log-checkpoints"))
+# Checkpoints are posted (signed like alerts, ALERT_WEBHOOK_SECRET) to this URL; by default the
+# alert webhook's, at most every LOG_WITNESS_WEBHOOK_INTERVAL_S seconds.
+LOG_WITNESS_WEBHOOK_URL = env_str("LOG_WITNESS_WEBHOOK_URL", env_str("ALERT_WEBHOOK_URL", ""))
+LOG_WITNESS_WEBHOOK_INTERVAL_S = float(env_str("LOG_WITNESS_WEBHOOK_INTERVAL_S", "60"))
+
 # --- Compliance ----------------------------------------------------------------------------------
 # Alert this many days before an erasure request's 30-day deadline.
 ERASURE_WARN_DAYS = env_int("ERASURE_WARN_DAYS", 7)

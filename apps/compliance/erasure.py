@@ -45,6 +45,8 @@ from gatehouse.otp import is_verified
 from gatehouse.pseudonyms import pseudonymise
 from gatehouse.roles import Role, has_role
 from gatehouse.services import alert_raise
+from gatehouse.tlog import audit
+from gatehouse.tlog import tree as tlog_tree
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +145,16 @@ def _decision_ids(pseudonym: str) -> list[Any]:
 def _log_entries_delete(model: type, pks: list[Any]) -> int:
     if not pks:
         return 0
-    deleted, _ = LogEntry.objects.filter(
+    entries = LogEntry.objects.filter(
         content_type=ContentType.objects.get_for_model(model),
         object_pk__in=[str(pk) for pk in pks],
-    ).delete()
+    )
+    # Their leaves stay in the log without their salts: the tree still verifies, and the
+    # digests they hold can no longer be linked to the entries' content.
+    tlog_tree.mark_removed(
+        audit.KIND, [str(pk) for pk in entries.values_list("pk", flat=True)], reason="erased"
+    )
+    deleted, _ = entries.delete()
     return deleted
 
 
@@ -299,8 +307,8 @@ def certificate(request: ErasureRequest) -> dict[str, Any]:
         "within_deadline": bool(request.completed_at and request.completed_at <= request.deadline),
         "erased": counts,
         "steps": list((request.counts or {}).get("steps", [])),
-        "note": "Decision records keep their place in the hash chain without their personal "
-        "payload; `manage.py verify_decisions` still verifies the chain.",
+        "note": "Decision records keep their place in the transparency log without their "
+        "personal payload; `manage.py verify_decisions` still verifies the log.",
     }
 
 

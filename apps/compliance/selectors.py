@@ -115,7 +115,7 @@ def _export(subject: DataSubject, reference: str) -> dict[str, Any]:
         Decision.objects.filter(subject_pseudonym=subject.pseudonym)
         .exclude(route=Route.SHADOW)
         .select_related("family", "explanation", "explanation__version", "review", "outcome")
-        .order_by("seq")
+        .order_by("created_at")
     )
     out_decisions = []
     for d in decisions:

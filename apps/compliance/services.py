@@ -375,18 +375,16 @@ def effective_label(decision: Decision) -> str:
 @transaction.atomic
 def retention_purge(*, now: Any = None) -> dict[str, int]:
     """The scheduled purge: decision records past their family's retention (unless on legal
-    hold) lose their payload, explanation and review; the expired start of the chain is
-    deleted with its boundary recorded, so the chain still verifies."""
+    hold) are deleted with their explanation and review; their leaves stay in the log, so it
+    still verifies."""
     from apps.inference import services as inference_services
 
     result = inference_services.decisions_retention_purge(now=now)
-    explanations, _ = Explanation.objects.filter(decision_id__in=result.expired).delete()
-    reviews, _ = Review.objects.filter(decision_id__in=result.expired).delete()
     return {
         "expired": len(result.expired),
         "deleted": result.deleted,
-        "explanations": explanations,
-        "reviews": reviews,
+        "explanations": result.cascaded.get(Explanation._meta.label, 0),
+        "reviews": result.cascaded.get(Review._meta.label, 0),
     }
 
 

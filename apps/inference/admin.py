@@ -12,7 +12,7 @@ from apps.inference.models import Decision, RoutingConfig
 
 @admin.register(Decision)
 class DecisionAdmin(admin.ModelAdmin):
-    list_display = ("seq", "created_at", "family", "version_label", "route", "label")
+    list_display = ("created_at", "family", "version_label", "route", "label")
     list_filter = ("family", "route")
     search_fields = ("id", "request_id")
     exclude = ("inputs", "subject_pseudonym", "payload_salt")

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from ninja import File, Form, Header, Router, Schema, Status
+from ninja import File, Form, Header, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 from pydantic import Field
 
@@ -21,6 +21,7 @@ from apps.inference.schemas import (
     OutcomeIn,
     PredictIn,
     PredictOut,
+    ReceiptOut,
     RoutingIn,
     RoutingOut,
 )
@@ -28,6 +29,7 @@ from apps.registry import selectors as registry_selectors
 from apps.registry.permissions import FamilyAction
 from gatehouse.auth import api_key_of, require_key_scope
 from gatehouse.schemas import ErrorOut
+from gatehouse.tlog import receipts
 
 router = Router(tags=["inference"])
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
@@ -145,6 +147,30 @@ def get_decision(request: HttpRequest, decision_id: uuid.UUID) -> DecisionOut:
         user=request.user, key=api_key_of(request), decision_id=str(decision_id)
     )
     return _decision_out(decision)
+
+
+@router.get(
+    "/decisions/{decision_id}/receipt",
+    response={200: ReceiptOut, 202: ReceiptOut, **ERRORS, 422: ErrorOut},
+    url_name="decision_receipt",
+)
+def get_receipt(
+    request: HttpRequest,
+    decision_id: uuid.UUID,
+    response: HttpResponse,
+    tree_size: int | None = Query(default=None, ge=1),
+) -> Any:
+    """The decision's receipt: leaf, signed promise and, once integrated, the inclusion proof
+    against the latest checkpoint (or the kept one of ``tree_size``). 202 with Retry-After
+    while not integrated. Check it offline: ``python -m gatehouse.tlog.verify``."""
+    decision = selectors.decision_get(
+        user=request.user, key=api_key_of(request), decision_id=str(decision_id)
+    )
+    body = selectors.decision_receipt(decision=decision, tree_size=tree_size)
+    if body["status"] != "integrated":
+        response["Retry-After"] = str(receipts.retry_after_s())
+        return Status(202, body)
+    return body
 
 
 @router.post(

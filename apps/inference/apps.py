@@ -9,9 +9,12 @@ class InferenceConfig(AppConfig):
     def ready(self) -> None:
         from auditlog.registry import auditlog
 
+        from apps.inference import records
         from apps.inference.models import Outcome, RoutingConfig
         from gatehouse import extensions
         from gatehouse.roles import Role
+
+        records.register_kind()
 
         # Routing changes (kill-switch, canary, shadow) are human decisions: audited.
         auditlog.register(RoutingConfig)

@@ -1,5 +1,5 @@
 """Batch scoring: a CSV of cases scored in the background, chunk by chunk, each scored row
-recorded as a decision (hash chain) exactly once.
+recorded as a decision (a leaf of the transparency log) exactly once.
 
 What holds, whatever crashes:
 
@@ -45,7 +45,7 @@ from django.db.models.functions import Coalesce
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from apps.inference import chain, policy, routing, services
+from apps.inference import policy, records, routing, services
 from apps.inference.backends import get_backend
 from apps.inference.models import BatchJob, BatchRow, BatchRowStatus, BatchStatus, Decision
 from apps.registry import encoding
@@ -683,7 +683,7 @@ class _Runner:
                         )
                     )
             rows.sort(key=lambda r: r.row_number)
-            chain.append(decisions)  # the whole chunk in one append: one head lock, one insert
+            records.record(decisions)  # the whole chunk: one insert of decisions, one of leaves
             policy.run_recorded_hooks(decisions, recorded_rows)
             BatchRow.objects.bulk_create(rows)
             counts = BatchRow.objects.filter(job=job).aggregate(

@@ -1,4 +1,5 @@
-"""Inference: per-family routing, decision records (hash-chained), idempotent replies, outcomes."""
+"""Inference: per-family routing, decision records (leaves of the transparency log), idempotent
+replies, outcomes."""
 
 from __future__ import annotations
 
@@ -65,14 +66,13 @@ class Route(models.TextChoices):
 class Decision(models.Model):
     """One served (or shadowed) row: what was decided, by which approved version, for whom.
 
-    Append-only and hash-chained: ``chain_hash = sha256(prev_hash + content_hash)``, where the
-    content hash covers every field but the personal payload, which enters only through
-    ``payload_digest`` (salted), so that erasing the payload and its salt leaves the chain
-    verifiable and the digest unlinkable.
+    Append-only, and a leaf of the transparency log (``apps.inference.records``): the leaf
+    covers every field but the personal payload, which enters only through ``payload_digest``
+    (salted), so that erasing the payload and its salt leaves the log verifiable and the digest
+    unlinkable.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    seq = models.BigIntegerField(unique=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     request_id = models.CharField(max_length=64)
     family = models.ForeignKey(ModelFamily, on_delete=models.PROTECT, related_name="+")
@@ -100,43 +100,13 @@ class Decision(models.Model):
     payload_salt = models.CharField(max_length=32, blank=True)
     payload_digest = models.CharField(max_length=64)
     erased_at = models.DateTimeField(null=True, blank=True)
-    content_hash = models.CharField(max_length=64)
-    prev_hash = models.CharField(max_length=64)
-    chain_hash = models.CharField(max_length=64)
 
     class Meta:
-        ordering = ["seq"]
+        ordering = ["created_at"]
         indexes = [models.Index(fields=["family", "created_at"])]
 
     def __str__(self) -> str:
         return f"decision {self.id}"
-
-
-class ChainHead(models.Model):
-    """The last link of the decision chain (one row); writers lock it to append in order."""
-
-    seq = models.BigIntegerField(default=0)
-    chain_hash = models.CharField(max_length=64, default="0" * 64)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    def __str__(self) -> str:
-        return f"chain head #{self.seq}"
-
-
-class ChainStart(models.Model):
-    """Where the kept chain begins (one row): the last record removed by a retention purge.
-
-    A purge deletes a prefix of the chain only; verification starts after ``seq`` from
-    ``chain_hash``, so the kept records still prove they follow the purged ones.
-    """
-
-    seq = models.BigIntegerField(default=0)
-    chain_hash = models.CharField(max_length=64, default="0" * 64)
-    purged_records = models.BigIntegerField(default=0)
-    purged_at = models.DateTimeField(null=True, blank=True)
-
-    def __str__(self) -> str:
-        return f"chain starts after #{self.seq}"
 
 
 class IdempotentReply(models.Model):

@@ -21,12 +21,36 @@ class PredictIn(Schema):
     jurisdiction: str = Field(default="", max_length=16, pattern=r"^$|^[A-Z]{2,16}$")
 
 
+class PromiseOut(Schema):
+    leaf_hash: str = Field(description="base64 SHA-256(0x00 || leaf) of the decision record")
+    promise: str = Field(description="the log's signed promise to integrate it (signed note)")
+    url: str = Field(description="where the receipt with the inclusion proof is served")
+
+
 class PredictionOut(Schema):
     decision_id: str
     label: str
     scores: dict[str, float] | None
     model_version: str
     route: str
+    receipt: PromiseOut
+
+
+class ReceiptOut(Schema):
+    format: str
+    kind: str
+    record_id: str
+    origin: str
+    public_key: str
+    leaf: str = Field(description="the canonical leaf: non-personal fields + payload digest")
+    leaf_hash: str
+    promise: str
+    status: str = Field(description="integrated, or pending (ask again after Retry-After)")
+    leaf_index: int | None
+    tree_size: int | None
+    root_hash: str | None
+    proof: str | None = Field(description="C2SP tlog-proof: index, audit path, checkpoint")
+    checkpoint: str | None
 
 
 class PredictOut(Schema):

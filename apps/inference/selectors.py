@@ -40,5 +40,20 @@ def decision_history(*, user: Any, limit: int = 20) -> list[Decision]:
         Decision.objects.select_related("family")
         .filter(actor_user=user)
         .exclude(route="shadow")
-        .order_by("-seq")[:limit]
+        .order_by("-created_at")[:limit]
+    )
+
+
+def decision_receipt(*, decision: Decision, tree_size: int | None = None) -> dict[str, Any]:
+    """The receipt of a decision the caller may see (``decision_get``)."""
+    from apps.inference import records
+    from gatehouse.tlog import receipts
+
+    _, promise = records.promise(decision)
+    return receipts.receipt(
+        kind=records.KIND,
+        ref=str(decision.id),
+        leaf=records.leaf_bytes(decision),
+        promise=promise,
+        tree_size=tree_size,
     )

@@ -1,4 +1,4 @@
-"""The prediction path: check, route, validate, predict, record (hash chain), reply.
+"""The prediction path: check, route, validate, predict, record (transparency log), reply.
 
 Every served row gets exactly one decision record, committed before the reply leaves; a
 refused or failed request records none.
@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from apps.inference import chain, policy, routing
+from apps.inference import policy, records, routing
 from apps.inference.backends import get_backend
 from apps.inference.models import Decision, IdempotentReply, OutputMode, RoutingConfig
 from apps.registry import encoding
@@ -113,14 +113,14 @@ def build_decisions(
     pseudonym: str,
     policy_ref: str = "",
 ) -> list[Decision]:
-    """Unsaved decision records for served rows; ``chain.append`` numbers and stores them
-    (callers that record many requests append them together, in one lock)."""
+    """Unsaved decision records for served rows; ``records.record`` stores them and queues
+    their leaves (callers that record many requests record them together)."""
     labels = version.signature["output"]["labels"]
     decisions: list[Decision] = []
     for index, (row, probs) in enumerate(zip(request.rows, probabilities, strict=True)):
         label, scores = _shape_output(labels, probs)
         inputs = _recorded_inputs(version, row)
-        salt = chain.new_salt()
+        salt = records.new_salt()
         decisions.append(
             Decision(
                 request_id=request.request_id,
@@ -141,7 +141,7 @@ def build_decisions(
                 inputs=inputs,
                 policy_ref=policy_ref,
                 payload_salt=salt,
-                payload_digest=chain.payload_digest(
+                payload_digest=records.payload_digest(
                     salt, subject_pseudonym=pseudonym, inputs=inputs, label=label, scores=scores
                 ),
             )
@@ -205,7 +205,7 @@ def _predict(
     latency_ms = (time.perf_counter() - started) * 1000
     try:
         with transaction.atomic():
-            decisions = chain.append(
+            decisions = records.record(
                 build_decisions(
                     family=family,
                     version=version,
@@ -252,9 +252,25 @@ def _body(family: ModelFamily, decisions: list[Decision], config: RoutingConfig)
                 "scores": reply_scores(d.scores, config),
                 "model_version": d.version_label,
                 "route": d.route,
+                "receipt": receipt_promise(d),
             }
             for d in decisions
         ],
+    }
+
+
+def receipt_promise(decision: Decision) -> dict[str, str]:
+    """What the reply carries of the log at once: the leaf hash and the signed promise to
+    integrate it; the inclusion proof is at ``url`` once integrated."""
+    from django.urls import reverse
+
+    from gatehouse.tlog.verify import b64
+
+    leaf_hash, promise = records.promise(decision)
+    return {
+        "leaf_hash": b64(leaf_hash),
+        "promise": promise,
+        "url": reverse("api:decision_receipt", kwargs={"decision_id": decision.id}),
     }
 
 
@@ -345,8 +361,8 @@ def idempotent_replies_purge(*, older_than_hours: int | None = None) -> int:
 def subject_records_erase(*, pseudonym: str) -> dict[str, int]:
     """Erase a data subject from the inference records (GDPR 17); counts per store.
 
-    Decision records keep their place in the chain but lose the personal payload (pseudonym,
-    inputs, outputs, salt): the chain covers only the payload's salted digest, so it still
+    Decision records keep their place in the log but lose the personal payload (pseudonym,
+    inputs, outputs, salt): their leaves cover only the payload's salted digest, so it still
     verifies and the digest can no longer be linked to anyone. The subject's outcomes, the
     outputs copied into batch rows and cached idempotent replies go too. Idempotent.
     """
@@ -377,7 +393,7 @@ def subject_records_erase(*, pseudonym: str) -> dict[str, int]:
 
 
 def _erase_payloads(decisions: Any) -> int:
-    """Remove the personal payload of ``decisions`` (a queryset), keeping their chain links."""
+    """Remove the personal payload of ``decisions`` (a queryset), keeping their leaves."""
     from django.utils import timezone
 
     return int(
@@ -394,41 +410,33 @@ def _erase_payloads(decisions: Any) -> int:
 
 @dataclass(frozen=True)
 class RetentionResult:
-    expired: list[Any]  # ids of records whose payload was removed by this purge
-    deleted: int  # records removed from the start of the chain
+    expired: list[Any]  # ids of the records deleted by this purge
+    deleted: int  # records deleted (their leaves stay in the log)
+    cascaded: dict[str, int]  # rows deleted with them, per model label
 
 
 @transaction.atomic
 def decisions_retention_purge(*, now: Any = None) -> RetentionResult:
     """Apply each family's retention (unless on legal hold): records past it lose their
-    payload at once, and the chain's prefix of expired records is deleted, its boundary kept
-    in ``ChainStart`` so that the rest still verifies."""
+    payload and are deleted; their leaves and the nodes above them stay, marked purged, so the
+    rest of the log and the receipts of kept records still verify."""
     from datetime import timedelta
 
-    from django.db.models import Max, Min, Q
+    from django.db.models import Q
     from django.utils import timezone
 
-    from apps.inference.models import Outcome
+    from apps.inference.models import BatchRow, Outcome
 
     now = now or timezone.now()
     expired_q = Q(pk__in=[])
-    kept_q = Q(pk__in=[])
-    for family in ModelFamily.objects.all():
-        if family.legal_hold:
-            kept_q |= Q(family=family)
-            continue
-        cutoff = now - timedelta(days=family.retention_days)
-        expired_q |= Q(family=family, created_at__lt=cutoff)
-        kept_q |= Q(family=family, created_at__gte=cutoff)
-    expired = list(
-        Decision.objects.filter(expired_q, erased_at__isnull=True).values_list("id", flat=True)
-    )
+    for family in ModelFamily.objects.filter(legal_hold=False):
+        expired_q |= Q(family=family, created_at__lt=now - timedelta(days=family.retention_days))
+    expired = list(Decision.objects.filter(expired_q).values_list("id", flat=True))
     Outcome.objects.filter(decision_id__in=expired).delete()
-    _erase_payloads(Decision.objects.filter(id__in=expired))
-    first_kept = Decision.objects.filter(kept_q).aggregate(seq=Min("seq"))["seq"]
-    if first_kept is None:  # nothing is kept: everything up to the head may go
-        first_kept = (Decision.objects.aggregate(seq=Max("seq"))["seq"] or 0) + 1
-    deleted = chain.prune_prefix(first_kept)
-    if expired or deleted:
-        logger.info("retention: %d records expired, %d deleted", len(expired), deleted)
-    return RetentionResult(expired=expired, deleted=deleted)
+    BatchRow.objects.filter(decision_id__in=expired).update(decision=None)
+    _, per_model = Decision.objects.filter(id__in=expired).delete()
+    records.forget(expired)
+    deleted = per_model.get(Decision._meta.label, 0)
+    if expired:
+        logger.info("retention: %d records expired and deleted", deleted)
+    return RetentionResult(expired=expired, deleted=deleted, cascaded=per_model)

@@ -22,7 +22,7 @@ def submit(*, shadow_version_id: int, request: PredictRequest, pseudonym: str) -
 
 
 def _run(shadow_version_id: int, request: PredictRequest, pseudonym: str) -> None:
-    from apps.inference import chain, policy
+    from apps.inference import policy, records
     from apps.inference.backends import get_backend
     from apps.inference.models import Route
     from apps.inference.services import build_decisions
@@ -49,7 +49,7 @@ def _run(shadow_version_id: int, request: PredictRequest, pseudonym: str) -> Non
             pseudonym=pseudonym,
         )
         with transaction.atomic():
-            chain.append(decisions)
+            records.record(decisions)
             policy.run_recorded_hooks(decisions, request.rows)
     except Exception:
         logger.exception("shadow prediction on version %s failed", shadow_version_id)

@@ -7,8 +7,6 @@ bias and erasure-deadline alerts and the authentication-failure counter are rais
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
 import logging
@@ -46,6 +44,7 @@ from gatehouse.models import Alert, ApiKey, Notification
 from gatehouse.otp import is_verified
 from gatehouse.roles import Role, has_role
 from gatehouse.services import alert_raise_once, notification_create
+from gatehouse.webhooks import SIGNATURE_HEADER, WEBHOOK_TIMEOUT_S, sign
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +62,6 @@ GRID_MIN_VALUES = 3
 GRID_MAX_VALUES = 10
 GRID_MIN_DISTINCT_ROWS = 0.8
 
-WEBHOOK_TIMEOUT_S = 5.0
-SIGNATURE_HEADER = "X-Gatehouse-Signature"
 _SENT_TTL_S = 24 * 3600
 
 
@@ -274,7 +271,7 @@ def sweep_alerts(*, now: datetime | None = None) -> list[Alert]:
     prefixes = dict(ApiKey.objects.filter(pk__in=[k for k, _ in busy]).values_list("pk", "prefix"))
     raised = []
     for key_id, n in busy:
-        latest = recent.filter(api_key_id=key_id).order_by("-seq")[:SWEEP_MAX_DECISIONS]
+        latest = recent.filter(api_key_id=key_id).order_by("-created_at")[:SWEEP_MAX_DECISIONS]
         inputs = list(latest.values_list("inputs", flat=True))[::-1]
         found = sweep_pattern(inputs)
         if found is None:
@@ -411,11 +408,6 @@ def alert_payload(alert: Alert) -> dict[str, Any]:
         "subject": alert.subject,
         "created_at": alert.created_at.isoformat(),
     }
-
-
-def sign(body: bytes, secret: str) -> str:
-    """The value of the signature header: ``sha256=`` and the hex HMAC-SHA256 of the body."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
 def _sent_key(alert: Alert, channel: str) -> str:

@@ -299,7 +299,7 @@ def live_inputs(version: ModelVersion, window: int) -> list[dict[str, Any]]:
     inputs = (
         Decision.objects.filter(version=version, erased_at__isnull=True, inputs__isnull=False)
         .exclude(route=Route.SHADOW)
-        .order_by("-seq")
+        .order_by("-created_at")
         .values_list("inputs", flat=True)[:window]
     )
     return [row for row in inputs if isinstance(row, dict)]

@@ -1,0 +1,234 @@
+"""The sequencer: integrates queued leaves into the tree in batches and signs a checkpoint.
+
+Exactly one is active per deployment: it holds the ``LogLease`` row and renews it every pass;
+any number stand by and take over when the lease runs out (the holder died or hung). Each pass
+is one transaction that re-checks the lease, numbers the oldest queued leaves in id order,
+stores the new interior nodes and a signed checkpoint: killed anywhere, it leaves the tree as
+it was, and the next pass (here or in a stand-by) integrates the same leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from gatehouse.tlog import signing, tree
+from gatehouse.tlog.models import LogCheckpoint, LogLeaf, LogLease, LogNode
+from gatehouse.tlog.verify import fold, node_hash
+
+logger = logging.getLogger(__name__)
+
+LEASE_NAME = "decisions"
+
+
+class LeaseLost(Exception):
+    """Another sequencer holds the lease: this one must not write."""
+
+
+@dataclass(frozen=True)
+class Pass:
+    integrated: int
+    size: int
+    checkpoint: LogCheckpoint | None
+
+
+# Called after a checkpoint committed (witness export); registered at start-up.
+checkpoint_listeners: list[Callable[[LogCheckpoint], None]] = []
+
+
+class Sequencer:
+    def __init__(self, owner: str | None = None) -> None:
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.size = -1  # unknown until loaded
+        self.frontier: list[tuple[int, bytes]] = []  # (level, hash) of the right edge
+
+    # --- lease -----------------------------------------------------------------------------
+    def acquire(self) -> bool:
+        """Take or renew the lease; True when this sequencer holds it now."""
+        now = time.time()
+        expires = now + settings.LOG_LEASE_S
+        renewed = LogLease.objects.filter(name=LEASE_NAME, owner=self.owner).update(expires=expires)
+        if renewed:
+            return True
+        taken = LogLease.objects.filter(name=LEASE_NAME, expires__lt=now).update(
+            owner=self.owner, expires=expires, acquired_at=timezone.now()
+        )
+        if not taken:
+            if LogLease.objects.filter(name=LEASE_NAME).exists():
+                return False
+            _, created = LogLease.objects.get_or_create(
+                name=LEASE_NAME, defaults={"owner": self.owner, "expires": expires}
+            )
+            if not created:
+                return False
+        logger.info("sequencer %s took the lease", self.owner)
+        self.size = -1  # another sequencer may have grown the tree meanwhile
+        return True
+
+    def release(self) -> None:
+        LogLease.objects.filter(name=LEASE_NAME, owner=self.owner).update(expires=0)
+
+    def _fence(self) -> None:
+        """Inside the pass's transaction: renew the lease or stop. The row stays locked until
+        commit, so a stand-by cannot take it over in the middle of a pass."""
+        updated = LogLease.objects.filter(
+            name=LEASE_NAME, owner=self.owner, expires__gt=time.time()
+        ).update(expires=time.time() + settings.LOG_LEASE_S)
+        if not updated:
+            raise LeaseLost(self.owner)
+
+    # --- tree state ------------------------------------------------------------------------
+    def _load(self) -> None:
+        size = tree.integrated_size()
+        coords = tree.frontier_coords(size)
+        nodes = tree.read_nodes(coords)
+        self.size = size
+        self.frontier = [(level, nodes[(level, idx)]) for level, idx in coords]
+
+    def _append(self, leaf: bytes, new_nodes: list[tuple[int, int, bytes]]) -> None:
+        level, idx, node = 0, self.size, leaf
+        while self.frontier and self.frontier[-1][0] == level:
+            node = node_hash(self.frontier.pop()[1], node)
+            level, idx = level + 1, idx >> 1
+            new_nodes.append((level, idx, node))
+        self.frontier.append((level, node))
+        self.size += 1
+
+    def root(self) -> bytes:
+        return tree.root(0) if not self.frontier else fold(h for _, h in self.frontier)
+
+    # --- one pass --------------------------------------------------------------------------
+    def integrate(self, limit: int | None = None) -> Pass:
+        """Integrate up to ``limit`` queued leaves (LOG_BATCH_SIZE) and sign a checkpoint when
+        the tree grew or has none yet. Call while holding the lease."""
+        limit = limit or settings.LOG_BATCH_SIZE
+        try:
+            with transaction.atomic():
+                self._fence()
+                if self.size < 0:
+                    self._load()
+                start = self.size
+                pending = list(
+                    LogLeaf.objects.filter(idx=None)
+                    .order_by("id")
+                    .values_list("id", "leaf_hash")[:limit]
+                )
+                new_nodes: list[tuple[int, int, bytes]] = []
+                numbered = []
+                for leaf_id, leaf in pending:
+                    numbered.append((self.size, leaf_id))
+                    self._append(bytes(leaf), new_nodes)
+                if numbered:
+                    self._write(numbered, new_nodes)
+                latest = LogCheckpoint.objects.order_by("-size").values_list("size", flat=True)
+                last = latest.first()
+                checkpoint = None
+                if self.size > 0 and (last is None or last < self.size):
+                    root = self.root()
+                    checkpoint = LogCheckpoint.objects.create(
+                        size=self.size,
+                        root=root,
+                        note=signing.sign_checkpoint(self.size, root),
+                        key_id=signing.signer().verifier.id.hex(),
+                    )
+        except BaseException:
+            self.size = -1  # reload from the database next time
+            raise
+        if checkpoint is not None:
+            for listener in checkpoint_listeners:
+                try:
+                    listener(checkpoint)
+                except Exception:
+                    logger.exception("checkpoint listener %s failed", listener)
+        return Pass(self.size - start, self.size, checkpoint)
+
+    def _write(
+        self, numbered: list[tuple[int, int]], new_nodes: list[tuple[int, int, bytes]]
+    ) -> None:
+        leaves = LogLeaf._meta.db_table
+        nodes = LogNode._meta.db_table
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"UPDATE {leaves} SET idx = %s, integrated_at = %s WHERE id = %s AND idx IS NULL",  # noqa: S608
+                [(idx, now, leaf_id) for idx, leaf_id in numbered],
+            )
+            if new_nodes:
+                cursor.executemany(
+                    f"INSERT INTO {nodes} (level, idx, hash) VALUES (%s, %s, %s)",  # noqa: S608
+                    new_nodes,
+                )
+
+    def drain(self) -> int:
+        """Integrate everything queued now (tests, commands); returns how many."""
+        if not self.acquire():
+            raise LeaseLost(self.owner)
+        total = 0
+        while True:
+            step = self.integrate()
+            total += step.integrated
+            if step.integrated < settings.LOG_BATCH_SIZE:
+                return total
+
+    # --- the loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Stand by or sequence until ``stop`` is set: a pass every half maximum merge delay
+        (at once again while a full batch was found)."""
+        interval = settings.LOG_MAX_MERGE_DELAY_S / 2
+        holding = False
+        while not stop.is_set():
+            busy = False
+            try:
+                close_old_connections()
+                holding = self.acquire()
+                if holding:
+                    busy = self.integrate().integrated >= settings.LOG_BATCH_SIZE
+            except LeaseLost:
+                holding = False
+                logger.warning("sequencer %s lost the lease", self.owner)
+            except Exception:
+                logger.exception("sequencer pass failed; retrying")
+            if not busy:
+                stop.wait(interval if holding else min(1.0, settings.LOG_LEASE_S / 3))
+        if holding:
+            try:
+                self.release()
+            except Exception:
+                logger.exception("sequencer could not release its lease")
+        connection.close()
+
+
+_thread: threading.Thread | None = None
+_stop = threading.Event()
+
+
+def start_in_background() -> threading.Thread | None:
+    """Run a sequencer (active or stand-by) in a daemon thread of this process, once
+    (``LOG_SEQUENCER_EMBEDDED``: the web processes of ``make run``)."""
+    global _thread
+    if _thread is not None or not settings.LOG_SEQUENCER_EMBEDDED:
+        return _thread
+    _thread = threading.Thread(
+        target=Sequencer().run, args=(_stop,), name="log-sequencer", daemon=True
+    )
+    _thread.start()
+    return _thread
+
+
+def stop_background() -> None:
+    global _thread
+    _stop.set()
+    if _thread is not None:
+        _thread.join(timeout=10)
+    _thread = None
+    _stop.clear()
