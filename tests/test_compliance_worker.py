@@ -14,13 +14,14 @@ from django.db import transaction
 from apps.compliance import erasure, services
 from apps.compliance.models import ErasureRequest, ErasureStatus, Explanation
 from apps.compliance.tasks import execute_erasure
-from apps.inference import chain, policy
+from apps.inference import policy, records
 from apps.inference import services as inference_services
 from apps.inference.models import Decision, Route
 from apps.registry import services as registry_services
 from apps.registry.permissions import FamilyAction
 from gatehouse.pseudonyms import pseudonymise
 from gatehouse.roles import Role
+from tests.decision_log import integrated_and_verified
 from tests.registry_models import serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -33,7 +34,7 @@ def _record(family, version, user, reference: str, n: int) -> None:
     rows = [{**ROW, "income": float(i % 150)} for i in range(n)]
     request = inference_services.PredictRequest(rows=rows, subject=reference, request_id="seed")
     with transaction.atomic():
-        decisions = chain.append(
+        decisions = records.record(
             inference_services.build_decisions(
                 family=family,
                 version=version,
@@ -119,7 +120,7 @@ def test_a_worker_killed_during_an_erasure_resumes_and_leaves_nothing_half_erase
     assert done.counts["decision_payloads"] == N_DECISIONS
     assert done.counts["explanations"] == N_DECISIONS
     assert Decision.objects.filter(subject_pseudonym=pseudonym).count() == 0
-    assert chain.verify().ok
+    assert integrated_and_verified().ok
     print(
         f"erasure of {N_DECISIONS} records: {kills} workers killed, finished after "
         f"{done.attempts} attempts in {time.monotonic() - started:.1f} s; 0 half-erased states"

@@ -11,7 +11,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from apps.inference import chain
+from apps.inference import records
 from apps.inference import services as inference_services
 from apps.inference.models import Decision, Route, RoutingConfig
 from apps.monitoring import drift
@@ -33,7 +33,7 @@ def _record(version, rows: list[dict[str, Any]], route: str = Route.PRODUCTION) 
     """Record ``rows`` as decisions of ``version``, as the predict path does."""
     request = inference_services.PredictRequest(rows=rows, subject="applicant-1", request_id="t")
     with transaction.atomic():
-        return chain.append(
+        return records.record(
             inference_services.build_decisions(
                 family=version.family,
                 version=version,

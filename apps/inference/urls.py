@@ -6,6 +6,12 @@ app_name = "inference"
 
 urlpatterns = [
     path("", views.predict_home, name="predict_home"),
+    path(
+        "decisions/<uuid:decision_id>/receipt.json",
+        views.decision_receipt,
+        name="decision_receipt",
+    ),
+    path("log/public-key.txt", views.log_public_key, name="log_public_key"),
     path("<slug:slug>/", views.predict_form, name="predict_form"),
 ]
 

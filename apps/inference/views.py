@@ -7,10 +7,12 @@ becomes a message (next to a field, or a card) with its own status code, never a
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -22,9 +24,11 @@ from apps.registry import selectors as registry_selectors
 from apps.registry.models import ModelFamily, ModelVersion, VersionStatus
 from apps.registry.permissions import FamilyAction
 from gatehouse.errors import ApplicationError, Conflict, NotFound, ValidationFailed
+from gatehouse.tlog import signing
 
 FORM_TEMPLATE = "inference/predict_form.html"
 IDEMPOTENCY_INPUT = "request-token"
+PUBLIC_KEY_FILENAME = "gatehouse-log-key.txt"
 
 
 def _error_page(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
@@ -147,6 +151,7 @@ def predict_form(request: HttpRequest, slug: str) -> HttpResponse:
         "error": None,
         "token": _new_token(),
         "request_id": getattr(request, "request_id", ""),
+        "public_key_filename": PUBLIC_KEY_FILENAME,
     }
     if version is None:
         # No signature to build a form from: the page says why, nothing can be submitted (a
@@ -231,6 +236,45 @@ def _predict(
     context["result"] = _result(body)
     context["token"] = _new_token()
     return 200, {}
+
+
+# --- Receipts ------------------------------------------------------------------------------------
+
+
+def _download(body: str, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"  # a pending receipt gains its proof later
+    return response
+
+
+@login_required
+@require_GET
+def decision_receipt(request: HttpRequest, decision_id: uuid.UUID) -> HttpResponse:
+    """The receipt of a decision the user may see, as a JSON file (the same document as
+    ``GET /api/v1/decisions/{id}/receipt``; while pending, the signed promise without the
+    proof). 404 for a decision they may not see."""
+    try:
+        decision = selectors.decision_get(user=request.user, key=None, decision_id=str(decision_id))
+        receipt = selectors.decision_receipt(decision=decision)
+    except ApplicationError as exc:
+        return _error_page(request, exc)
+    return _download(
+        json.dumps(receipt, cls=DjangoJSONEncoder, indent=2),
+        "application/json",
+        f"receipt-{decision.id}.json",
+    )
+
+
+@login_required
+@require_GET
+def log_public_key(request: HttpRequest) -> HttpResponse:
+    """The log's verifier keys, one per line (current first), for ``--public-key``."""
+    return _download(
+        "".join(f"{key.text()}\n" for key in signing.verifier_keys()),
+        "text/plain; charset=utf-8",
+        PUBLIC_KEY_FILENAME,
+    )
 
 
 # --- Batch scoring ------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ class Sequencer:
         try:
             with transaction.atomic():
                 self._fence()
-                if self.size < 0:
+                if self.size != tree.integrated_size():  # first pass, or the tree moved on
                     self._load()
                 start = self.size
                 pending = list(
@@ -170,15 +170,19 @@ class Sequencer:
                 )
 
     def drain(self) -> int:
-        """Integrate everything queued now (tests, commands); returns how many."""
+        """Integrate everything queued now, then let the lease go (tests, commands); returns
+        how many. Raises LeaseLost while another sequencer is active."""
         if not self.acquire():
             raise LeaseLost(self.owner)
         total = 0
-        while True:
-            step = self.integrate()
-            total += step.integrated
-            if step.integrated < settings.LOG_BATCH_SIZE:
-                return total
+        try:
+            while True:
+                step = self.integrate()
+                total += step.integrated
+                if step.integrated < settings.LOG_BATCH_SIZE:
+                    return total
+        finally:
+            self.release()
 
     # --- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

@@ -204,7 +204,7 @@ class VerifierKey:
 
     @classmethod
     def parse(cls, text: str) -> VerifierKey:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # base64 may hold '+'; names may not
         if len(parts) != 3:
             raise VerificationError("a verifier key reads <name>+<key id>+<base64 key>")
         name, hex_id, encoded = parts
@@ -242,7 +242,7 @@ class SignerKey:
 
     @classmethod
     def parse(cls, text: str) -> SignerKey:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise VerificationError("a signer key reads PRIVATE+KEY+<name>+<key id>+<base64>")
         name, hex_id, encoded = parts[2:]
