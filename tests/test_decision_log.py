@@ -615,8 +615,8 @@ def test_the_linear_chain_becomes_the_first_leaves_of_the_tree(family, v1):
     executor = MigrationExecutor(connection)
     executor.migrate(before)
     old = executor.loader.project_state(before).apps
-    OldDecision = old.get_model("inference", "Decision")  # noqa: N806
-    ChainHead = old.get_model("inference", "ChainHead")  # noqa: N806
+    OldDecision = old.get_model("inference", "Decision")
+    ChainHead = old.get_model("inference", "ChainHead")
     migration = __import__(
         "apps.inference.migrations.0005_transparency_log", fromlist=["_legacy_content_hash"]
     )
