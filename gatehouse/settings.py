@@ -274,8 +274,9 @@ LOG_BATCH_SIZE = env_int("LOG_BATCH_SIZE", 5000)
 # A sequencer that stops renewing its lease for this long is replaced by a stand-by.
 LOG_LEASE_S = float(env_str("LOG_LEASE_S", "3"))
 # Run a sequencer (active or stand-by) inside each web process; off where it runs as its own
-# process (deploy/: manage.py run_sequencer).
-LOG_SEQUENCER_EMBEDDED = env_bool("LOG_SEQUENCER_EMBEDDED", True)
+# process (deploy/: manage.py run_sequencer), and by default under tests (which integrate
+# explicitly: an in-process thread would write outside the tests' transactions).
+LOG_SEQUENCER_EMBEDDED = env_bool("LOG_SEQUENCER_EMBEDDED", not TESTING)
 # Every checkpoint is also written here, one file per tree size, for witnesses; "" turns it off.
 LOG_WITNESS_DIR = env_str("LOG_WITNESS_DIR", str(VAR_DIR / "log-checkpoints"))
 # Checkpoints are posted (signed like alerts, ALERT_WEBHOOK_SECRET) to this URL; by default the
