@@ -294,7 +294,7 @@ def main() -> int:
                 f"{args.max_minutes:g}"
             )
         verify = subprocess.run(  # noqa: S603
-            [*manage, "verify_decisions"],
+            [*manage, "verify_decisions", "--integrate"],  # servers stopped: integrate the rest
             env=env,
             cwd=ROOT,
             capture_output=True,

@@ -78,6 +78,10 @@ SEMANTIC_422 = {
     "POST /api/v1/decisions/{decision_id}/outcome": "label must be one of the model's classes",
     # Canary and shadow must name approved versions of the family.
     "PUT /api/v1/models/{family}/routing": "canary/shadow must be approved versions",
+    # A receipt against an earlier tree needs a kept checkpoint of that size holding the leaf.
+    "GET /api/v1/decisions/{decision_id}/receipt": "tree_size must be a kept checkpoint's",
+    # A consistency proof reaches at most the log's current size.
+    "GET /api/v1/log/consistency": "second must not exceed the log's size",
 }
 # Run last, in this order: they change state that other operations read.
 LAST = [
@@ -107,6 +111,8 @@ def _isolated(settings, tmp_path, monkeypatch):
     settings.ARTIFACT_STORE_DIR = tmp_path / "artifacts"
     # No metrics flusher thread: its own connection would wait on the test transaction's lock.
     settings.METRICS_FLUSH_S = 0
+    # Every operation is fuzzed with one key: the per-key limit would answer 429s halfway.
+    settings.RATE_LIMIT_API = "100000/60"
     monkeypatch.setattr("apps.registry.services._enqueue_packaging", lambda _id: None)
     monkeypatch.setattr("apps.compliance.tasks.execute_erasure.delay", lambda _pk: None)
     reset_backends()

@@ -331,7 +331,7 @@ def _manage(env: dict[str, str], *argv: str, timeout: float = 120) -> str:
 def test_postgres_restarted_under_load_loses_no_acknowledged_decision(tmp_path: Path) -> None:
     """A private PostgreSQL, migrated and seeded; uvicorn on it; four client threads predict
     while ``pg_ctl restart -m fast`` runs. Requests during the restart may fail; every decision
-    id answered with a 200 must be in the database afterwards, and the chain must verify."""
+    id answered with a 200 must be in the database afterwards, and the decision log must verify."""
     require_binaries("postgres")
     import os
 
