@@ -20,10 +20,13 @@ class GatehouseConfig(AppConfig):
         from gatehouse.models import Alert, ApiKey
         from gatehouse.roles import Role
         from gatehouse.tlog import audit, witness
+        from gatehouse.tlog import tree as tlog_tree
 
         signals.connect()
         audit.connect()
         witness.connect()
+        # GET /health: "degraded" when no sequencer integrates the queued leaves in time.
+        extensions.register_health_check(extensions.HealthCheck("decision_log", tlog_tree.health))
 
         # Every record of a human decision about access is audited; secrets never enter `changes`.
         auditlog.register(ApiKey, exclude_fields=["key_hash", "last_used_at"])

@@ -657,3 +657,18 @@ def test_the_linear_chain_becomes_the_first_leaves_of_the_tree(family, v1):
     result = integrated_and_verified()
     assert result.ok, result
     assert result.size >= 5
+
+
+@pytest.mark.django_db
+def test_health_reports_a_sequencer_that_falls_behind(client, caller):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    _decisions(client, caller, n=1)
+    assert client.get("/health").json()["checks"]["decision_log"] == "ok"
+    LogLeaf.objects.filter(idx=None).update(created_at=timezone.now() - timedelta(minutes=5))
+    health = client.get("/health").json()
+    assert (health["status"], health["checks"]["decision_log"]) == ("degraded", "degraded")
+    integrate()
+    assert client.get("/health").json()["checks"]["decision_log"] == "ok"

@@ -169,3 +169,20 @@ def mark_removed(kind: str, refs: Sequence[str], *, reason: str) -> int:
     if not refs:
         return 0
     return LogLeaf.objects.filter(kind=kind, ref__in=list(refs)).update(removed=reason, salt="")
+
+
+def oldest_pending_age_s() -> float:
+    """Seconds since the oldest leaf still waiting for the sequencer was queued (0 when none)."""
+    from django.db.models import Min
+
+    oldest = LogLeaf.objects.filter(idx=None).aggregate(oldest=Min("created_at"))["oldest"]
+    return 0.0 if oldest is None else max(0.0, (timezone.now() - oldest).total_seconds())
+
+
+def health() -> str:
+    """ "ok" while leaves are integrated within a few merge delays, "degraded" when the sequencer
+    is behind or gone (GET /health)."""
+    from django.conf import settings
+
+    allowed = 5 * settings.LOG_MAX_MERGE_DELAY_S + settings.LOG_LEASE_S
+    return "ok" if oldest_pending_age_s() <= allowed else "degraded"
