@@ -368,6 +368,11 @@ API_RULES: list[Rule] = [
         body={"canary_version": "9.9.9", "canary_percent": 10},
     ),
     Rule("GET", "/api/v1/decisions/{decision_id}", decision_op, obj="decision"),
+    Rule("GET", "/api/v1/decisions/{decision_id}/receipt", decision_op, obj="decision"),
+    # The log's checkpoints and keys: any signed-in caller or key (witnesses, subjects' agents).
+    Rule("GET", "/api/v1/log/checkpoint", everyone),
+    Rule("GET", "/api/v1/log/public-key", everyone),
+    Rule("GET", "/api/v1/log/consistency", everyone, query="?first=1&second=1"),
     Rule(
         "POST",
         "/api/v1/decisions/{decision_id}/outcome",
@@ -512,6 +517,8 @@ PAGE_RULES: list[Rule] = [
     Rule("GET", "inference:predict_home", everyone, foreign_marker="family"),
     Rule("GET", "inference:predict_form", PAGE_PREDICT, obj="family"),
     Rule("GET", "inference:batch_page", PAGE_PREDICT, obj="family"),
+    Rule("GET", "inference:decision_receipt", decision_op, obj="decision"),
+    Rule("GET", "inference:log_public_key", everyone),
     Rule("GET", "serving:serving_list", everyone, foreign_marker="family"),
     Rule("GET", "serving:routing", PAGE_MANAGE, obj="family"),
     # Compliance pages
@@ -808,6 +815,10 @@ def world(make_user, verified_client, grant_consent, settings, tmp_path) -> Any:
     for caller in ("key:subjects", "key:predict", "key:view"):
         w.objects[("erasure", "own", caller)] = {"request_id": str(by_key.pk)}
     w.objects[("erasure", "foreign", "*")] = {"request_id": str(theirs.pk)}
+
+    from tests.decision_log import integrate
+
+    integrate()  # a checkpoint to publish, receipts with proofs
 
     version_a = fam_a.versions.get(version="1.0.0")
     report = bias.report_create(

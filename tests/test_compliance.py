@@ -21,7 +21,6 @@ from apps.compliance.models import (
     Explanation,
     Review,
 )
-from apps.inference import chain
 from apps.inference.models import Decision, Outcome
 from apps.registry import services as registry_services
 from apps.registry.models import ModelVersion
@@ -30,6 +29,7 @@ from gatehouse.errors import Conflict
 from gatehouse.models import Alert
 from gatehouse.pseudonyms import pseudonymise
 from gatehouse.roles import Role
+from tests.decision_log import integrated_and_verified
 from tests.registry_models import Registration, register
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_serving")]
@@ -318,6 +318,71 @@ def test_subject_access_exports_consents_decisions_and_explanations(client, call
     assert unverified.get("/api/v1/subjects/applicant-7/export").status_code == 403
 
 
+def test_subject_access_export_holds_a_receipt_per_decision_that_verifies(client, caller, officers):
+    from gatehouse.tlog import signing
+    from gatehouse.tlog.sequencer import Sequencer
+    from gatehouse.tlog.verify import verify_receipt
+
+    first = _decision(client, caller)
+    second = _decision(client, caller)
+    _decision(client, caller, subject="someone-else")
+    (_, browser), _ = officers
+    pending = browser.get("/api/v1/subjects/applicant-7/export").json()
+    assert [d["receipt"]["status"] for d in pending["decisions"]] == ["pending", "pending"]
+    Sequencer().drain()
+    keys = signing.verifier_keys()
+
+    download = browser.get("/compliance/subjects/export/?reference=applicant-7")
+    assert download.status_code == 200
+    assert "attachment" in download["Content-Disposition"]
+    exported = json.loads(download.content)["decisions"]
+    assert [d["decision_id"] for d in exported] == [str(first.id), str(second.id)]
+    for d in exported:
+        receipt = d["receipt"]
+        assert receipt["record_id"] == d["decision_id"]
+        assert receipt["status"] == "integrated"
+        assert verify_receipt(receipt, keys).integrated
+    page = browser.get("/compliance/subjects/export/?reference=applicant-7&format=html")
+    html = page.content.decode()
+    for d in exported:
+        receipt = d["receipt"]
+        assert receipt["leaf_hash"] in html
+        assert (
+            f"leaf index {receipt['leaf_index']} in a tree of {receipt['tree_size']} leaves" in html
+        )
+    assert html.count("<strong>integrated</strong>") == 2
+    # The subject search page shows a summary and computes no receipts.
+    summary = browser.get("/compliance/subjects/?reference=applicant-7")
+    assert summary.status_code == 200
+    assert exported[0]["receipt"]["leaf_hash"] not in summary.content.decode()
+
+
+def test_the_subject_export_costs_a_few_queries_per_receipt_and_none_per_other_row(
+    client, caller, officers
+):
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.compliance import selectors
+    from gatehouse.tlog.sequencer import Sequencer
+
+    officer = officers[0][0]
+
+    def queries(**kwargs):
+        Sequencer().drain()  # integrated receipts: with their proofs
+        with CaptureQueriesContext(connection) as captured:
+            selectors.subject_export(user=officer, reference="applicant-7", **kwargs)
+        return len(captured)
+
+    _decision(client, caller)
+    one, one_summary = queries(), queries(receipts=False)
+    for _ in range(3):
+        _decision(client, caller)
+    four, four_summary = queries(), queries(receipts=False)
+    assert four_summary == one_summary  # decisions, explanations, reviews: no N+1
+    # A receipt: its leaf, the checkpoint, the proof's leaf and interior hashes (one each).
+    assert four - one <= 3 * 4
+
+
 # --- Erasure ------------------------------------------------------------------------------------
 
 
@@ -414,7 +479,7 @@ def clerk(make_user, family):
     return user
 
 
-def test_an_erasure_leaves_zero_hits_in_every_store_and_the_chain_verifies(
+def test_an_erasure_leaves_zero_hits_in_every_store_and_the_log_verifies(
     client, caller, officers, settings, tmp_path, clerk, v1, django_capture_on_commit_callbacks
 ):
     reference = "subject-1"  # also in v1's training lineage
@@ -437,7 +502,7 @@ def test_an_erasure_leaves_zero_hits_in_every_store_and_the_chain_verifies(
     assert done.status == "done"
     leftovers = _scan(needles, store)
     assert leftovers == [], leftovers
-    assert chain.verify().ok
+    assert integrated_and_verified().ok
     assert Decision.objects.filter(erased_at__isnull=False).count() >= 2
     assert Decision.objects.filter(subject_pseudonym=pseudonymise("bystander")).count() == 1
     v1.refresh_from_db()
@@ -482,7 +547,7 @@ def test_an_erasure_interrupted_between_steps_resumes_with_nothing_half_erased(
     assert done.status == "done"
     assert done.counts["steps"] == [n for n, _ in erasure.STEPS]
     assert Decision.objects.filter(erased_at__isnull=False).count() == 1
-    assert chain.verify().ok
+    assert integrated_and_verified().ok
 
 
 def test_a_flagged_version_cannot_be_promoted(family, approver, v1):
@@ -571,13 +636,17 @@ def test_a_live_bias_report_uses_decisions_with_outcomes(client, caller, officer
 # --- Retention ---------------------------------------------------------------------------------
 
 
-def test_retention_purges_expired_records_and_the_chain_still_verifies(client, caller, family):
+def test_retention_purges_expired_records_and_the_log_still_verifies(client, caller, family):
     from datetime import timedelta
 
-    from apps.inference.models import ChainStart
+    from apps.inference import selectors as inference_selectors
+    from gatehouse.tlog import signing
+    from gatehouse.tlog.models import LogLeaf
+    from gatehouse.tlog.verify import verify_receipt
 
     old = [_decision(client, caller, subject=f"old-{i}") for i in range(3)]
     kept = _decision(client, caller, subject="recent")
+    assert integrated_and_verified().ok
     # A purge run at a time when the first three are past the family's retention, not the last.
     now = kept.created_at + timedelta(days=family.retention_days) - timedelta(microseconds=1)
     assert old[-1].created_at < kept.created_at - timedelta(microseconds=1)
@@ -586,11 +655,15 @@ def test_retention_purges_expired_records_and_the_chain_still_verifies(client, c
     assert list(Explanation.objects.values_list("decision_id", flat=True)) == [kept.pk]
     assert not Decision.objects.filter(pk__in=[d.pk for d in old]).exists()
     assert Decision.objects.filter(pk=kept.pk, erased_at__isnull=True).exists()
-    assert ChainStart.objects.get().seq == old[-1].seq
-    assert chain.verify().ok
-    assert chain.verify().checked == 1
-    Decision.objects.filter(pk=kept.pk).update(prev_hash="0" * 64)  # the boundary still binds
-    assert not chain.verify().ok
+    purged = LogLeaf.objects.filter(ref__in=[str(d.pk) for d in old])
+    assert sorted(purged.values_list("removed", flat=True)) == ["purged"] * 3
+    verification = integrated_and_verified()
+    assert (verification.ok, verification.removed) == (True, 3)
+    # The kept record's receipt still proves its place in the tree that covers the purged ones.
+    receipt = inference_selectors.decision_receipt(decision=kept)
+    assert verify_receipt(receipt, signing.verifier_keys()).integrated
+    Decision.objects.filter(pk=kept.pk).update(route="canary")
+    assert not integrated_and_verified().ok
 
 
 def test_a_legal_hold_keeps_records_past_their_retention(client, caller, family):

@@ -59,11 +59,14 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def _production_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    from gatehouse.tlog.verify import SignerKey
+
     return {
         "GATEHOUSE_ENV": "production",
         "ALLOWED_HOSTS": "gatehouse.example.org",
         "GATEHOUSE_VAR_DIR": str(tmp_path / "var"),
         "DJANGO_SETTINGS_MODULE": "gatehouse.settings",
+        "LOG_SIGNING_KEY": SignerKey.generate("gatehouse.example.org/decisions").text(),
         **extra,
     }
 
@@ -287,6 +290,15 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path):
     assert result.returncode != 0
     assert "SECRET_KEY" in result.stderr
     assert not (tmp_path / "var" / "secret_key").exists()
+
+
+@pytest.mark.slow
+def test_production_refuses_to_start_without_a_log_signing_key(tmp_path):
+    env = _production_env(tmp_path, SECRET_KEY=secrets.token_urlsafe(48), LOG_SIGNING_KEY="")
+    result = _run([sys.executable, "manage.py", "check", "--deploy"], **env)
+    assert result.returncode != 0
+    assert "LOG_SIGNING_KEY" in result.stderr
+    assert not (tmp_path / "var" / "log-signing-key").exists()
 
 
 @pytest.mark.slow

@@ -323,3 +323,56 @@ def test_the_history_lists_the_users_own_decisions_only(
         history = re.search(r'<section id="decision-history".*?</section>', html, re.S).group(0)
         assert str(mine.id) in history
         assert str(theirs.id) not in history
+
+
+def test_the_result_card_says_the_decision_is_logged_and_links_its_receipt(
+    user_client, make_user, family, v1
+):
+    from gatehouse.tlog import signing
+    from gatehouse.tlog.sequencer import Sequencer
+    from gatehouse.tlog.verify import verify_receipt
+
+    response = user_client.post(FORM, VALID, **HTMX)
+    assert response.status_code == 200, response.content
+    html = response.content.decode()
+    decision = Decision.objects.get()
+    receipt_url = f"/predict/decisions/{decision.id}/receipt.json"
+    card = re.search(r'<section class="card result".*?</section>', html, re.S).group(0)
+    logged = re.search(r'<p class="logged">.*?</p>', card, re.S).group(0)
+    assert "Logged" in logged
+    assert f'href="{receipt_url}"' in logged
+    assert "Download receipt" in logged
+    assert "python -m gatehouse.tlog.verify" in card
+    assert 'href="/predict/log/public-key.txt"' in card
+    history = re.search(r'<section id="decision-history".*?</section>', html, re.S).group(0)
+    assert f'href="{receipt_url}"' in history
+
+    # While pending the download is the signed promise alone; the leaf hash is the card's.
+    pending = user_client.get(receipt_url)
+    assert pending.status_code == 200
+    assert pending["Content-Type"] == "application/json"
+    assert pending["Content-Disposition"] == f'attachment; filename="receipt-{decision.id}.json"'
+    body = pending.json()
+    assert body["record_id"] == str(decision.id)
+    assert body["status"] == "pending"
+    assert body["leaf_hash"][:12] in logged
+    keys = signing.verifier_keys()
+    assert not verify_receipt(body, keys).integrated
+
+    Sequencer().drain()
+    integrated = user_client.get(receipt_url).json()
+    assert integrated["status"] == "integrated"
+    assert verify_receipt(integrated, keys).integrated
+    key_file = user_client.get("/predict/log/public-key.txt")
+    assert key_file.status_code == 200
+    assert key_file.content.decode().splitlines()[0] == keys[0].text()
+
+    other = make_user(Role.BUSINESS_USER, username="other")
+    registry_services.family_grant(
+        family=family, to=other, actions=[FamilyAction.VIEW, FamilyAction.PREDICT]
+    )
+    other_client = Client()
+    other_client.force_login(other)
+    assert other_client.get(receipt_url).status_code == 404
+    assert other_client.get("/predict/decisions/not-a-uuid/receipt.json").status_code == 404
+    assert Client().get(receipt_url).status_code == 302  # sign-in first

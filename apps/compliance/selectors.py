@@ -18,6 +18,7 @@ from apps.compliance.models import (
     ReviewStatus,
 )
 from apps.compliance.services import can_review, effective_label, subject_find
+from apps.inference import selectors as inference_selectors
 from apps.inference.models import Decision, Route
 from apps.registry.models import ModelVersion
 from gatehouse.errors import NotFound, PermissionDenied
@@ -101,15 +102,26 @@ def review_get(*, user: Any, review_id: int) -> Review:
     return review
 
 
-def subject_export(*, user: Any, reference: str) -> dict[str, Any]:
+def subject_export(*, user: Any, reference: str, receipts: bool = True) -> dict[str, Any]:
     """Everything held about a subject (GDPR 15): consents, decisions with their explanation,
-    review and effective outcome, refusals, open erasure requests."""
+    review, effective outcome and log receipt, refusals, open erasure requests.
+    ``receipts=False`` leaves the receipts out (a few queries each) where only a summary is
+    shown."""
     require_officer(user)
     subject = subject_find(reference)
-    return _export(subject, reference)
+    return _export(subject, reference, receipts=receipts)
 
 
-def _export(subject: DataSubject, reference: str) -> dict[str, Any]:
+def _receipt(decision: Decision) -> dict[str, Any] | None:
+    """The decision's log receipt (``None`` for a record the log does not hold, which its
+    verification reports; the export is still given)."""
+    try:
+        return inference_selectors.decision_receipt(decision=decision)
+    except NotFound:
+        return None
+
+
+def _export(subject: DataSubject, reference: str, *, receipts: bool = True) -> dict[str, Any]:
     consents = list(Consent.objects.filter(subject=subject))
     decisions = (
         Decision.objects.filter(subject_pseudonym=subject.pseudonym)
@@ -147,6 +159,7 @@ def _export(subject: DataSubject, reference: str) -> dict[str, Any]:
                     else None
                 ),
                 "ground_truth_recorded": outcome is not None,
+                **({"receipt": _receipt(d)} if receipts else {}),
             }
         )
     return {

@@ -72,7 +72,9 @@ def subjects(request: HttpRequest) -> HttpResponse:
     context["purposes"] = sorted(services.known_purposes())
     if reference:
         try:
-            context["export"] = selectors.subject_export(user=request.user, reference=reference)
+            context["export"] = selectors.subject_export(
+                user=request.user, reference=reference, receipts=False
+            )
         except ApplicationError as exc:
             if exc.status_code != 404:
                 raise
