@@ -141,6 +141,12 @@ class Sequencer:
                         note=signing.sign_checkpoint(self.size, root),
                         key_id=signing.signer().verifier.id.hex(),
                     )
+                # Renewed again at the end: a pass longer than the lease must not commit with it
+                # run out (drain() would stop, a stand-by would take over between passes). The
+                # row is locked since the fence, so it is still this sequencer's.
+                LogLease.objects.filter(name=LEASE_NAME, owner=self.owner).update(
+                    expires=time.time() + settings.LOG_LEASE_S
+                )
         except BaseException:
             self.size = -1  # reload from the database next time
             raise
