@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from django.core.management import CommandError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -39,13 +40,18 @@ REQUIRED_ENV = (
     "TORCHSERVE_MANAGEMENT_URL",
     "TORCHSERVE_MODEL_STORE",
     "TORCHSERVE_KEY_FILE",
+    "LOG_SIGNING_KEY",
+    "LOG_SEQUENCER_EMBEDDED",
 )
 # Secrets that must come from files, never from a plain value in a manifest.
-FILE_ONLY = ("SECRET_KEY", "PSEUDONYM_KEY", "DATABASE_URL", "REDIS_URL")
+FILE_ONLY = ("SECRET_KEY", "PSEUDONYM_KEY", "DATABASE_URL", "REDIS_URL", "LOG_SIGNING_KEY")
 # Read by other programs than Django's settings (uvicorn, the images' commands).
 OTHER_ENV = {"WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS", "CELERY_QUEUES", "CELERY_CONCURRENCY"}
-GATEHOUSE_COMPONENTS = ("web", "worker", "beat")
+GATEHOUSE_COMPONENTS = ("web", "worker", "beat", "sequencer")
 QUEUES = {"batch", "explanations", "maintenance"}
+COMPONENT = "app.kubernetes.io/component"
+SEQUENCER_CHECK = DOCKER / "sequencer_healthcheck.py"
+WITNESS_DIR = "/var/lib/gatehouse/log-checkpoints"
 ENV_CALL = re.compile(r"env_(str|int|bool|list|secret)\(\s*\"([A-Z0-9_]+)\"")
 
 
@@ -163,7 +169,8 @@ def test_web_probes_use_health_with_an_allowed_host_and_web_scales_on_cpu():
     (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == web["metadata"]["name"]
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
-    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    (pdb,) = [p for p in pdbs if p["spec"]["selector"]["matchLabels"].get(COMPONENT) == "web"]
     assert pdb["spec"]["selector"]["matchLabels"] == web["spec"]["selector"]["matchLabels"]
 
 
@@ -198,6 +205,181 @@ def test_workers_consume_every_queue_group_and_the_default_queue():
         _compose()["services"]["worker"]["environment"]["CELERY_QUEUES"].split(",")
     )
     assert QUEUES | {default} | routed <= compose_queues
+
+
+# --- The decision log: sequencer, verification, key ---------------------------------------------
+
+
+def _command_parser(name: str) -> Any:
+    """The argument parser of ``manage.py <name>``, to check the flags a manifest passes (an
+    unknown flag raises CommandError)."""
+    from django.core.management import load_command_class
+
+    return load_command_class("gatehouse", name).create_parser("manage.py", name)
+
+
+def _is_false(value: str) -> bool:
+    return value.strip().lower() in {"0", "false", "no", "off", ""}  # as gatehouse/env.py reads
+
+
+def test_the_sequencer_runs_as_its_own_process_with_a_standby_and_web_embeds_none():
+    compose = _compose()["services"]
+    sequencer = compose["sequencer"]
+    assert sequencer["command"] == ["python", "manage.py", "run_sequencer"]
+    assert sequencer["image"].startswith("gatehouse/web:")
+    assert sequencer["deploy"]["replicas"] == 2
+    assert not sequencer.get("ports")
+    assert f"log-checkpoints:{WITNESS_DIR}" in sequencer["volumes"]
+    assert "/usr/local/bin/gatehouse-sequencer-check" in sequencer["healthcheck"]["test"]
+    for name in (*GATEHOUSE_COMPONENTS, "migrate"):
+        env, _ = _compose_env(name)
+        assert _is_false(env["LOG_SEQUENCER_EMBEDDED"]), f"compose {name} embeds a sequencer"
+        assert env["LOG_WITNESS_DIR"] == WITNESS_DIR
+    _command_parser("run_sequencer").parse_args(sequencer["command"][3:])
+
+    docs = _k8s_docs()
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment" and _component(d) == "sequencer"]
+    # Two replicas, rolled: the lease in the database, not the strategy, keeps one active.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "gatehouse/web"
+    assert container["command"] == ["python", "manage.py", "run_sequencer"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "/usr/local/bin/gatehouse-sequencer-check" in container[probe]["exec"]["command"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert not mounts[WITNESS_DIR].get("readOnly")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes[mounts[WITNESS_DIR]["name"]]["persistentVolumeClaim"]["claimName"]
+    (pvc,) = [
+        d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim
+    ]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # both replicas, on any node
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    (pdb,) = [p for p in pdbs if p["spec"]["selector"]["matchLabels"].get(COMPONENT) == "sequencer"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert not any(
+        d["kind"] == "HorizontalPodAutoscaler"
+        and d["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        for d in docs
+    )
+    cm = _configmap()
+    assert _is_false(cm["LOG_SEQUENCER_EMBEDDED"])
+    assert cm["LOG_WITNESS_DIR"] == WITNESS_DIR
+    # No other pod runs a sequencer of its own.
+    others = [
+        c
+        for d in docs
+        if (p := _pod_spec(d)) and _component(d) != "sequencer"
+        for c in p["containers"]
+    ]
+    assert not any("run_sequencer" in (c.get("command") or []) for c in others)
+    print(f"\nsequencer: 2 compose replicas, 2 Kubernetes replicas, witness volume {claim}")
+
+
+def test_the_signing_key_is_a_secret_file_in_every_gatehouse_process():
+    declared = _compose()["secrets"]
+    assert declared["log_signing_key"] == {"file": "./secrets/log_signing_key"}
+    for name in (*GATEHOUSE_COMPONENTS, "migrate"):
+        env, secrets = _compose_env(name)
+        assert env["LOG_SIGNING_KEY_FILE"] in secrets, name
+    cm = _configmap()
+    assert cm["LOG_SIGNING_KEY_FILE"] == "/run/secrets/gatehouse/log_signing_key"
+    for component in (*GATEHOUSE_COMPONENTS, "migrate", "log-verify"):
+        for name, env, dirs in _k8s_env(component):
+            assert str(Path(env["LOG_SIGNING_KEY_FILE"]).parent) in dirs, name
+    # Production settings refuse to load without a key: the image build gives collectstatic a
+    # throwaway one, as it does SECRET_KEY.
+    dockerfile = (DOCKER / "gatehouse.Dockerfile").read_text()
+    collect = dockerfile[dockerfile.index("RUN GATEHOUSE_VAR_DIR") :].split("\n\n")[0]
+    assert "LOG_SIGNING_KEY=collectstatic-only-not-a-key" in collect
+    assert not re.search(r"^ENV .*LOG_SIGNING_KEY", dockerfile, re.M)
+
+
+def test_the_log_is_verified_hourly_against_the_kept_checkpoints():
+    (job,) = [d for d in _k8s_docs() if d["kind"] == "CronJob" and _component(d) == "log-verify"]
+    assert job["spec"]["schedule"].split()[1] == "*"  # every hour
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    script = container["command"][-1]
+    calls = re.findall(r"python manage.py verify_decisions([^\n]*)", script)
+    assert any("--checkpoint" in call for call in calls), script
+    parser = _command_parser("verify_decisions")
+    for call in calls:
+        parser.parse_args(call.replace('"$dir/$newest"', "x").split())
+    assert "set -e" in script  # a failed verification fails the Job before anything is pruned
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes[mounts[WITNESS_DIR]]["persistentVolumeClaim"]["claimName"]
+    (sequencer,) = [
+        d for d in _k8s_docs() if d["kind"] == "Deployment" and _component(d) == "sequencer"
+    ]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in sequencer["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claim in claims  # it reads what the sequencer writes
+    assert int(container["resources"]["limits"]["memory"].removesuffix("Gi")) >= 4
+    # The hash chain's head export is gone: no manifest may call it any more.
+    with pytest.raises(CommandError, match="unrecognized arguments: --export-head"):
+        parser.parse_args(["--export-head"])
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and path.suffix in {".yaml", ".yml", ".md", ".example", ".Dockerfile"}:
+            text = path.read_text(encoding="utf-8")
+            assert "--export-head" not in text, path
+            assert "chain-head" not in text, path
+    print(f"\nlog-verify: {len(calls)} verify_decisions calls, witness volume {claim}")
+
+
+def _sequencer_check() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sequencer_healthcheck", SEQUENCER_CHECK)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.django_db
+def test_the_sequencer_health_check_reads_the_lease_and_the_queue():
+    import time
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from gatehouse.tlog.models import LogLeaf, LogLease
+    from gatehouse.tlog.sequencer import Sequencer
+
+    check = _sequencer_check()
+    assert LogLease._meta.db_table == check.LEASE_TABLE
+    assert LogLeaf._meta.db_table == check.LEAF_TABLE
+    assert check.problem(connection, max_wait_s=30) == "no sequencer holds the lease"
+    assert check.main([]) == 1
+    Sequencer().acquire()
+    assert check.problem(connection, max_wait_s=30) == ""
+    assert check.main(["--max-wait", "30"]) == 0
+    LogLeaf.objects.filter(idx=None).delete()
+    LogLeaf.objects.create(
+        kind="test",
+        ref="late",
+        leaf_hash=b"\x00" * 32,
+        created_at=timezone.now() - timedelta(seconds=60),
+    )
+    assert "waited more than 30 s" in check.problem(connection, max_wait_s=30)
+    assert check.problem(connection, max_wait_s=300) == ""
+    later = time.time() + 3600  # the lease has run out by then
+    assert check.problem(connection, max_wait_s=86400, now=later) == "no sequencer holds the lease"
+    dockerfile = (DOCKER / "gatehouse.Dockerfile").read_text()
+    assert "sequencer_healthcheck.py /usr/local/bin/gatehouse-sequencer-check" in dockerfile
+    assert WITNESS_DIR in dockerfile  # created for uid 10001, so a named volume inherits it
+    ignore = (DOCKER / "gatehouse.Dockerfile.dockerignore").read_text().splitlines()
+    assert "!deploy/docker/sequencer_healthcheck.py" in ignore
 
 
 # --- GPU and TorchServe --------------------------------------------------------------------------
@@ -375,12 +557,13 @@ def test_compose_gives_web_worker_and_beat_every_required_setting():
     declared = _compose()["secrets"]
     for service in _compose()["services"].values():
         assert set(service.get("secrets", [])) <= set(declared)
-    print(f"\n{len(REQUIRED_ENV)} required settings x 4 compose services")
+    services = len(GATEHOUSE_COMPONENTS) + 1
+    print(f"\n{len(REQUIRED_ENV)} required settings x {services} compose services")
 
 
 def test_kubernetes_gives_web_worker_and_beat_every_required_setting():
     checked = 0
-    for component in (*GATEHOUSE_COMPONENTS, "migrate", "chain-head"):
+    for component in (*GATEHOUSE_COMPONENTS, "migrate", "log-verify"):
         containers = _k8s_env(component)
         assert containers, component
         for name, env, dirs in containers:
@@ -425,7 +608,7 @@ def test_health_reports_each_component_and_no_details(client):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) >= {"database", "cache", "broker", "inference"}
+    assert set(body["checks"]) >= {"database", "cache", "broker", "inference", "decision_log"}
     assert set(body["checks"].values()) == {"ok"}
     text = response.content.decode()
     for leak in ("version", "127.0.0.1", "sqlite", "redis", "torchserve", "http"):
@@ -444,7 +627,13 @@ def test_health_is_503_when_the_broker_is_down(client, monkeypatch):
     assert response.status_code == 503
     assert response.json() == {
         "status": "error",
-        "checks": {"database": "ok", "cache": "ok", "broker": "error", "inference": "ok"},
+        "checks": {
+            "database": "ok",
+            "cache": "ok",
+            "broker": "error",
+            "inference": "ok",
+            "decision_log": "ok",
+        },
     }
     assert b"secret" not in response.content
 

@@ -5,6 +5,9 @@
 #   docker build -f deploy/docker/gatehouse.Dockerfile --target worker -t gatehouse/worker:0.1.0 .
 #   docker build -f deploy/docker/gatehouse.Dockerfile --target beat   -t gatehouse/beat:0.1.0 .
 #
+# The migration job and the decision log's sequencer run the web image with another command
+# (`manage.py migrate`, `manage.py run_sequencer`; health check gatehouse-sequencer-check).
+#
 # Build context: the repository root. No secret is needed or kept: collectstatic runs with a
 # throwaway key that exists only for that RUN step. Configuration comes from the environment
 # and from secret files at run time (SECRET_KEY_FILE, PSEUDONYM_KEY_FILE, DATABASE_URL_FILE, ...).
@@ -50,7 +53,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # uid so that its key_file.json (mode 0600, on a shared volume) is readable here.
 RUN groupadd --system --gid 10001 gatehouse \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/gatehouse --shell /usr/sbin/nologin gatehouse \
-    && mkdir -p /var/lib/gatehouse/celery /srv/gatehouse/artifacts /srv/gatehouse/model_store /var/lib/torchserve/keys \
+    && mkdir -p /var/lib/gatehouse/celery /var/lib/gatehouse/log-checkpoints /srv/gatehouse/artifacts /srv/gatehouse/model_store /var/lib/torchserve/keys \
     && chown -R 10001:10001 /var/lib/gatehouse /srv/gatehouse /var/lib/torchserve
 COPY --from=builder /opt/gatehouse/venv /opt/gatehouse/venv
 WORKDIR /opt/gatehouse/app
@@ -59,12 +62,15 @@ COPY --chown=root:root gatehouse /opt/gatehouse/app/gatehouse
 COPY --chown=root:root apps /opt/gatehouse/app/apps
 COPY --chown=root:root frontend /opt/gatehouse/app/frontend
 COPY --chown=root:root deploy/docker/healthcheck.py /usr/local/bin/gatehouse-healthcheck
-# Hashed, compressed static files baked into the image (read-only at run time). The key below
-# is a throwaway that only exists during this step; nothing is stored with it.
+COPY --chown=root:root deploy/docker/sequencer_healthcheck.py /usr/local/bin/gatehouse-sequencer-check
+# Hashed, compressed static files baked into the image (read-only at run time). The two keys
+# below are throwaways that only exist during this step (production settings refuse to load
+# without them; collectstatic signs nothing); nothing is stored with them.
 RUN GATEHOUSE_VAR_DIR=/var/lib/gatehouse SECRET_KEY=collectstatic-only-not-a-secret \
+        LOG_SIGNING_KEY=collectstatic-only-not-a-key \
         python manage.py collectstatic --noinput --verbosity 0 \
     && chown -R 10001:10001 /var/lib/gatehouse \
-    && chmod 0555 /usr/local/bin/gatehouse-healthcheck
+    && chmod 0555 /usr/local/bin/gatehouse-healthcheck /usr/local/bin/gatehouse-sequencer-check
 USER 10001:10001
 STOPSIGNAL SIGTERM
 
