@@ -192,6 +192,8 @@ def test_the_predict_transaction_only_inserts(client, caller):
 def test_decisions_are_integrated_in_order_and_the_log_verifies(client, caller):
     decisions = _decisions(client, caller)
     assert LogLeaf.objects.filter(kind="decision", idx=None).count() == 5
+    queued = verify_log()  # before any pass: queued leaves are in the log, not inserted around it
+    assert (queued.ok, queued.pending) == (True, LogLeaf.objects.count()), queued
     result = integrated_and_verified()
     assert result.ok, result
     indexes = [_leaf(d).idx for d in decisions]
@@ -461,7 +463,10 @@ def test_the_verifier_names_the_check_a_forged_receipt_fails(receipt_files):
         if len(proof_lines) > 3 and proof_lines[2]
         else {**receipt, "leaf_index": receipt["leaf_index"]},
         "does not verify": {**receipt, "proof": receipt["proof"].replace(sig, _flip(sig, 10))},
-        "leaf index is not": {**receipt, "leaf_index": receipt["leaf_index"] + 1},
+        "leaf_index is not the proof's": {**receipt, "leaf_index": receipt["leaf_index"] + 1},
+        "tree_size is not the proof's": {**receipt, "tree_size": receipt["tree_size"] + 1},
+        "root_hash is not the proof's": {**receipt, "root_hash": _flip(receipt["root_hash"], 0)},
+        "origin is not": {**receipt, "origin": "elsewhere.example/log"},
         "not a gatehouse.dev/receipt@v1": {**receipt, "format": "other"},
     }
     for expected, forged in cases.items():
@@ -672,3 +677,36 @@ def test_health_reports_a_sequencer_that_falls_behind(client, caller):
     assert (health["status"], health["checks"]["decision_log"]) == ("degraded", "degraded")
     integrate()
     assert client.get("/health").json()["checks"]["decision_log"] == "ok"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sequencer_whose_passes_keep_failing_hands_the_lease_over(settings, monkeypatch):
+    import threading
+    import time
+
+    from gatehouse.tlog import sequencer as seq
+
+    settings.LOG_LEASE_S = 0.3
+    settings.LOG_MAX_MERGE_DELAY_S = 0.02
+    broken = Sequencer(owner="broken")
+    calls = []
+
+    def fail(limit=None):
+        calls.append(time.monotonic())
+        raise RuntimeError("disk full")
+
+    taken_over = []
+    step_down = broken._step_down
+
+    def step_down_then_stand_by_takes_over():
+        step_down()
+        # Long before the lease would have run out, a stand-by gets it.
+        taken_over.append((len(calls), Sequencer(owner="stand-by").acquire()))
+
+    monkeypatch.setattr(broken, "integrate", fail)
+    monkeypatch.setattr(broken, "_step_down", step_down_then_stand_by_takes_over)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    broken.run(stop)
+    assert taken_over[0] == (seq.MAX_FAILED_PASSES, True)
+    assert all(acquired for _, acquired in taken_over)

@@ -9,6 +9,7 @@ it was, and the next pass (here or in a stand-by) integrates the same leaves.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -29,6 +30,8 @@ from gatehouse.tlog.verify import fold, node_hash
 logger = logging.getLogger(__name__)
 
 LEASE_NAME = "decisions"
+# Consecutive failed passes after which the holder gives the lease up to a stand-by.
+MAX_FAILED_PASSES = 3
 
 
 class LeaseLost(Exception):
@@ -78,6 +81,13 @@ class Sequencer:
     def release(self) -> None:
         LogLease.objects.filter(name=LEASE_NAME, owner=self.owner).update(expires=0)
 
+    def _step_down(self) -> None:
+        try:
+            self.release()
+        except Exception:
+            logger.exception("sequencer %s could not release its lease", self.owner)
+        self.size = -1
+
     def _fence(self) -> None:
         """Inside the pass's transaction: renew the lease or stop. The row stays locked until
         commit, so a stand-by cannot take it over in the middle of a pass."""
@@ -114,6 +124,15 @@ class Sequencer:
         limit = limit or settings.LOG_BATCH_SIZE
         try:
             with transaction.atomic():
+                if connection.vendor == "postgresql":
+                    # A pass that hangs must not hold the lease row (and so every stand-by)
+                    # forever: the server ends a stuck statement or an idle open transaction.
+                    limit_ms = int(settings.LOG_LEASE_S * 1000)
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            f"SET LOCAL idle_in_transaction_session_timeout = {limit_ms}"
+                        )
+                        cursor.execute(f"SET LOCAL statement_timeout = {10 * limit_ms}")
                 self._fence()
                 if self.size != tree.integrated_size():  # first pass, or the tree moved on
                     self._load()
@@ -195,7 +214,7 @@ class Sequencer:
         """Stand by or sequence until ``stop`` is set: a pass every half maximum merge delay
         (at once again while a full batch was found)."""
         interval = settings.LOG_MAX_MERGE_DELAY_S / 2
-        holding = False
+        holding, failures = False, 0
         while not stop.is_set():
             busy = False
             try:
@@ -203,11 +222,18 @@ class Sequencer:
                 holding = self.acquire()
                 if holding:
                     busy = self.integrate().integrated >= settings.LOG_BATCH_SIZE
+                failures = 0
             except LeaseLost:
                 holding = False
                 logger.warning("sequencer %s lost the lease", self.owner)
             except Exception:
-                logger.exception("sequencer pass failed; retrying")
+                failures += 1
+                logger.exception("sequencer pass failed (%d in a row)", failures)
+                if holding and failures >= MAX_FAILED_PASSES:
+                    # Let a stand-by try (another host, another connection); stand by meanwhile.
+                    self._step_down()
+                    holding = False
+                    stop.wait(2 * settings.LOG_LEASE_S)
             if not busy:
                 stop.wait(interval if holding else min(1.0, settings.LOG_LEASE_S / 3))
         if holding:
@@ -232,6 +258,7 @@ def start_in_background() -> threading.Thread | None:
         target=Sequencer().run, args=(_stop,), name="log-sequencer", daemon=True
     )
     _thread.start()
+    atexit.register(stop_background)  # hand the lease over at once when the process ends
     return _thread
 
 

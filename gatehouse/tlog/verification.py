@@ -107,8 +107,8 @@ def verify_log() -> Verification:
         return result.fail(*problem)
     pending = LogLeaf.objects.filter(idx=None)
     result.pending = pending.count()
-    for kind, refs in logged.items():
-        refs.update(pending.filter(kind=kind).values_list("ref", flat=True))
+    for kind, ref in pending.values_list("kind", "ref").iterator(CHUNK):
+        logged.setdefault(kind, set()).add(ref)
     for known in kinds.all_kinds():
         for ref in known.unlogged(logged.get(known.name, set())):
             return result.fail(

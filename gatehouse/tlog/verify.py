@@ -456,8 +456,18 @@ def verify_receipt(receipt: dict[str, Any], keys: Sequence[VerifierKey]) -> Repo
         f"checkpoint: {checkpoint.origin} signed a tree of {checkpoint.size} leaves, "
         f"root {checkpoint.root.hex()}"
     )
-    if "leaf_index" in receipt and receipt["leaf_index"] != proof.index:
-        raise VerificationError("the receipt's leaf index is not the proof's")
+    # The receipt's own copies of what the proof holds must agree with it: a reader of the
+    # receipt must not be shown a tree size, root or checkpoint that was not proved.
+    for name, proved in (
+        ("leaf_index", proof.index),
+        ("tree_size", checkpoint.size),
+        ("root_hash", b64(checkpoint.root)),
+        ("checkpoint", proof.checkpoint),
+    ):
+        if receipt.get(name) is not None and receipt[name] != proved:
+            raise VerificationError(f"the receipt's {name} is not the proof's")
+    if receipt.get("origin") not in (None, checkpoint.origin):
+        raise VerificationError("the receipt's origin is not the checkpoint's")
     verify_inclusion(proof.index, checkpoint.size, claimed, proof.path, checkpoint.root)
     report.checks.append(
         f"inclusion: leaf {proof.index} is in that tree ({len(proof.path)} proof hashes)"
