@@ -710,3 +710,19 @@ def test_a_sequencer_whose_passes_keep_failing_hands_the_lease_over(settings, mo
     broken.run(stop)
     assert taken_over[0] == (seq.MAX_FAILED_PASSES, True)
     assert all(acquired for _, acquired in taken_over)
+
+
+@pytest.mark.django_db
+def test_verification_reads_a_fixed_prefix_while_a_sequencer_keeps_integrating(
+    client, caller, monkeypatch
+):
+    _decisions(client, caller, n=2)
+    integrate()
+    first = tree.integrated_size()
+    _decisions(client, caller, n=3)
+    integrate()  # as if this pass committed just after verification read the tree's size
+    sizes = iter([first])
+    real = tree.integrated_size
+    monkeypatch.setattr(tree, "integrated_size", lambda: next(sizes, None) or real())
+    result = verify_log()
+    assert (result.ok, result.size, result.leaves) == (True, first, first), result

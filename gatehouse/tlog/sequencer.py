@@ -184,6 +184,28 @@ class Sequencer:
         nodes = LogNode._meta.db_table
         now = connection.ops.adapt_datetimefield_value(timezone.now())
         with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                # One statement each for the leaves and the nodes, arrays through unnest():
+                # executemany would send a statement per leaf and per node (about 10,000 per
+                # pass of 5,000), each bound, planned and run on its own (14.7k -> 34.6k
+                # leaves/s, make bench-log).
+                cursor.execute(
+                    f"UPDATE {leaves} AS leaf SET idx = v.idx, integrated_at = %s "  # noqa: S608
+                    "FROM unnest(%s::bigint[], %s::bigint[]) AS v(idx, id) "
+                    "WHERE leaf.id = v.id AND leaf.idx IS NULL",
+                    [now, [idx for idx, _ in numbered], [leaf_id for _, leaf_id in numbered]],
+                )
+                if new_nodes:
+                    cursor.execute(
+                        f"INSERT INTO {nodes} (level, idx, hash) "  # noqa: S608
+                        "SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[])",
+                        [
+                            [n[0] for n in new_nodes],
+                            [n[1] for n in new_nodes],
+                            [n[2] for n in new_nodes],
+                        ],
+                    )
+                return
             cursor.executemany(
                 f"UPDATE {leaves} SET idx = %s, integrated_at = %s WHERE id = %s AND idx IS NULL",  # noqa: S608
                 [(idx, now, leaf_id) for idx, leaf_id in numbered],

@@ -56,9 +56,13 @@ def _label(kind: str, ref: str) -> str:
 
 
 def verify_log() -> Verification:
+    """Verify the log as it stood when this started, while a sequencer may keep integrating:
+    a pass commits its leaves, nodes and checkpoint together, so everything at or below the
+    integrated size read first is a fixed prefix."""
     result = Verification()
+    bound = tree.integrated_size()
     integrated = (
-        LogLeaf.objects.exclude(idx=None)
+        LogLeaf.objects.filter(idx__lt=bound)
         .order_by("idx")
         .values_list("idx", "kind", "ref", "leaf_hash", "salt", "removed")
     )
@@ -101,24 +105,50 @@ def verify_log() -> Verification:
                     )
     result.leaves = len(hashes)
     levels: dict[int, list[bytes]] = {}
-    if (problem := _check_nodes(hashes, levels)) is not None:
+    if (problem := _check_nodes(hashes, levels, bound)) is not None:
         return result.fail(*problem)
-    if (problem := _check_checkpoints(hashes, levels, result)) is not None:
+    if (problem := _check_checkpoints(hashes, levels, result, bound)) is not None:
         return result.fail(*problem)
     pending = LogLeaf.objects.filter(idx=None)
     result.pending = pending.count()
+    for kind, ref in LogLeaf.objects.filter(idx__gte=bound).values_list("kind", "ref"):
+        logged.setdefault(kind, set()).add(ref)  # integrated since this started
     for kind, ref in pending.values_list("kind", "ref").iterator(CHUNK):
         logged.setdefault(kind, set()).add(ref)
     for known in kinds.all_kinds():
-        for ref in known.unlogged(logged.get(known.name, set())):
+        if (stray := _first_unlogged(known, logged.get(known.name, set()))) is not None:
             return result.fail(
-                f"{_label(known.name, ref)} is not in the log (inserted around it)",
-                _label(known.name, ref),
+                f"{_label(known.name, stray)} is not in the log (inserted around it)",
+                _label(known.name, stray),
             )
     return result
 
 
-def _check_nodes(hashes: list[bytes], levels: dict[int, list[bytes]]) -> tuple[str, str] | None:
+def _first_unlogged(known: kinds.LeafKind, logged: set[str]) -> str | None:
+    """A row of this kind without a leaf. Rows recorded while this ran are not in ``logged``;
+    they are looked up again (a row and its leaf commit together, so the leaf is there)."""
+    candidates: list[str] = []
+
+    def still_missing() -> str | None:
+        found = set(
+            LogLeaf.objects.filter(kind=known.name, ref__in=candidates).values_list(
+                "ref", flat=True
+            )
+        )
+        return next((ref for ref in candidates if ref not in found), None)
+
+    for ref in known.unlogged(logged):
+        candidates.append(ref)
+        if len(candidates) == 500:
+            if (missing := still_missing()) is not None:
+                return missing
+            candidates = []
+    return still_missing() if candidates else None
+
+
+def _check_nodes(
+    hashes: list[bytes], levels: dict[int, list[bytes]], bound: int
+) -> tuple[str, str] | None:
     """Rebuild every perfect subtree from the leaves (into ``levels``) and compare with the
     stored nodes."""
     level_hashes = hashes
@@ -135,6 +165,8 @@ def _check_nodes(hashes: list[bytes], levels: dict[int, list[bytes]]) -> tuple[s
         expected[level] = level_hashes
     count = 0
     for lvl, idx, h in stored.iterator(CHUNK):
+        if (idx + 1) << lvl > bound:
+            continue  # over leaves integrated since this started
         count += 1
         want = expected.get(lvl)
         if want is None or idx >= len(want):
@@ -155,7 +187,7 @@ def _check_nodes(hashes: list[bytes], levels: dict[int, list[bytes]]) -> tuple[s
 
 
 def _check_checkpoints(
-    hashes: list[bytes], levels: dict[int, list[bytes]], result: Verification
+    hashes: list[bytes], levels: dict[int, list[bytes]], result: Verification, bound: int
 ) -> tuple[str, str] | None:
     """Each kept checkpoint: signed by a known key, of this origin, its root equal to the
     tree's at its size; consecutive ones consistent (proofs from the stored nodes)."""
@@ -163,7 +195,16 @@ def _check_checkpoints(
     frontier: list[tuple[int, bytes]] = []
     position = 0
     previous: LogCheckpoint | None = None
-    for checkpoint in LogCheckpoint.objects.order_by("size").iterator(CHUNK):
+    later = LogCheckpoint.objects.filter(size__gt=bound).order_by("size").first()
+    if later is not None and later.size > tree.integrated_size():
+        return (  # a signed checkpoint larger than the whole tree: its tail was removed
+            f"the log was truncated: checkpoint {later.size} was signed but only "
+            f"{tree.integrated_size()} leaves remain",
+            f"checkpoint {later.size}",
+        )
+    for checkpoint in (
+        LogCheckpoint.objects.filter(size__lte=bound).order_by("size").iterator(CHUNK)
+    ):
         result.checkpoints += 1
         label = f"checkpoint {checkpoint.size}"
         try:
