@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 export DJANGO_SETTINGS_MODULE := gatehouse.settings
 
-.PHONY: install run migrate demo test lint typecheck security test-only clean bench soak
+.PHONY: install run migrate demo test lint typecheck security test-only clean bench bench-log soak
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + ")")'
@@ -70,6 +70,14 @@ bench: install
 			granian==2.8.9 py-spy==0.4.3 || \
 		echo "granian/py-spy not installed: bench uses uvicorn and skips the profile"
 	BENCH_TOOLS=$(BENCH_TOOLS) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Decision log (gatehouse/tlog): sequencer integration rate over 200k queued leaves in a scratch
+# SQLite database, and in a scratch PostgreSQL database (gatehouse_bench_log, created and dropped)
+# when BENCH_LOG_DATABASE_URL is set or 127.0.0.1:5432 answers ("none" skips it); receipt fetch
+# from that tree; proof sizes and verify times at 10^6 leaves, simulated in memory. Merge delay
+# under load is measured by `make bench`. See bench/tlog.py, docs/performance.md.
+bench-log: install
+	$(BIN)/python bench/tlog.py $(BENCH_LOG_ARGS)
 
 # Soak: >= 100k predictions against PostgreSQL + Redis (uvicorn workers, wrk); decision records
 # == 2xx answers by request id, chain verified (see bench/soak.py, docs/performance.md).

@@ -1,7 +1,7 @@
 """`make bench`: the same load against TorchServe directly and against Gatehouse's predict API.
 
 Targets, all with governance on (TorchServe token auth; Gatehouse API-key auth, guardian
-permissions, routing, signature validation, hash-chained decision records):
+permissions, routing, signature validation, decision records in the transparency log):
 
   (a) TorchServe called directly: POST /predictions/<model>/<version>
   (b) Gatehouse predict, TorchServe backend: POST /api/v1/models/<family>/predict
@@ -489,8 +489,8 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     (
-        "decision records: chain append (head, hash, insert)",
-        ("apps/inference/chain.py", "record (apps/inference/services.py"),
+        "decision records: leaves and promises (hash, insert, sign)",
+        ("apps/inference/records.py", "gatehouse/tlog/", "record (apps/inference/services.py"),
     ),
     ("backend predict (TorchServe HTTP / local model)", ("apps/inference/backends/",)),
     ("permissions: family_for_serving / family_get", ("apps/registry/selectors.py",)),
@@ -889,6 +889,7 @@ def main() -> int:
             )
 
         rows: list[dict[str, Any]] = []
+        windows: list[tuple[str, str, str]] = []  # (target, since, until) of each counted run
         for t in targets:
             warm_prefix = f"w{run_id}{t['key']}."
             run_prefix = f"r{run_id}{t['key']}."
@@ -918,8 +919,11 @@ def main() -> int:
                 machine_busy_seconds(),
                 time.monotonic(),
             )
+            since = dt.datetime.now(dt.UTC).isoformat()
             result = run_load(t["url"], prefix=run_prefix, seconds=args.duration, **common)
             wall = time.monotonic() - t0
+            if t["key"] != "a":  # the decision leaves of this run: merge delay below
+                windows.append((t["key"], since, dt.datetime.now(dt.UTC).isoformat()))
             cpu1, ts1, busy1 = cpu_seconds(pids), cpu_seconds(ts_pids), machine_busy_seconds()
             server_cpu = cpu1 - cpu0
             ts_cpu = ts1 - ts0
@@ -1051,7 +1055,35 @@ def main() -> int:
         elif args.profile_seconds > 0:
             log("py-spy is not installed: no profile (`make bench` puts it in var/bench-tools)")
 
-        # --- chain verification -----------------------------------------------------------------
+        # --- decision log: merge delay of each counted run ---------------------------------------
+        # integrated_at - created_at of the "decision" leaves created during each run, once the
+        # servers' embedded sequencers have emptied the queue (bench/tlog.py merge-delay waits
+        # up to 30 s; the servers are still up here). An empty queue also keeps the sequencer
+        # from writing while verify_decisions reads.
+        merge_out = out_dir / "merge-delay.json"
+        django(
+            PYTHON,
+            str(ROOT / "bench" / "tlog.py"),
+            "merge-delay",
+            "--wait",
+            "30",
+            "--out",
+            str(merge_out),
+            *[x for key, since, until in windows for x in ("--window", key, since, until)],
+        )
+        merge = json.loads(merge_out.read_text())
+        for r in rows:
+            if r["key"] in merge["windows"]:
+                r["merge_delay"] = merge["windows"][r["key"]]
+        log(
+            f"decision log: queue empty after {merge['waited_s']} s "
+            f"({merge['pending_after_wait']} leaves still queued)"
+        )
+
+        # --- log verification -----------------------------------------------------------------
+        # The servers (and their embedded sequencers) are still running: no --integrate, which
+        # would need the sequencer lease they hold. Leaves still queued are counted by
+        # verify_decisions, not failed.
         verify = subprocess.run(  # noqa: S603
             [*manage, "verify_decisions"],
             env=env,
@@ -1092,6 +1124,12 @@ def main() -> int:
                 "b_meets_target": bool(b_a is not None and b_a >= TARGET_RATIO),
             },
             "verify_decisions": {"ok": verify.returncode == 0, "output": verify_text[0]},
+            "decision_log": {
+                "merge_delay": {r["key"]: r.get("merge_delay") for r in rows if r["key"] != "a"},
+                "queue_wait_s": merge["waited_s"],
+                "pending_after_wait": merge["pending_after_wait"],
+                "max_merge_delay_setting_s": float(os.environ.get("LOG_MAX_MERGE_DELAY_S", 1)),
+            },
             "profile": profile,
             "elapsed_s": round(time.monotonic() - started, 1),
         }
@@ -1099,7 +1137,7 @@ def main() -> int:
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         print_report(results, results_path)
         if exit_code:
-            log("FAILED: decision-record completeness is not exactly 1.0 or the chain is broken")
+            log("FAILED: decision-record completeness is not exactly 1.0 or the log does not verify")
     except KeyboardInterrupt as exc:
         log(f"interrupted ({str(exc) or 'Ctrl-C'}); stopping everything")
         exit_code = 130
@@ -1163,6 +1201,14 @@ def print_report(results: dict[str, Any], path: Path) -> None:
         f"b/a = {ratios['b/a']:.3f}   c/a = {ratios['c/a']:.3f}   "
         f"target b/a >= {ratios['target']}: {verdict}"
     )
+    for r in rows:
+        md = r.get("merge_delay")
+        if md and md["p50_ms"] is not None:
+            print(
+                f"{r['target']}: merge delay p50 {md['p50_ms']:.0f} ms, p99 {md['p99_ms']:.0f} ms, "
+                f"max {md['max_ms']:.0f} ms over {md['leaves']} decision leaves "
+                f"({md['still_queued']} still queued)"
+            )
     print(f"verify_decisions: {results['verify_decisions']['output']}")
     others = max(r["other_processes_cpu_cores"] for r in rows)
     if others > 0.2:

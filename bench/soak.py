@@ -10,7 +10,7 @@ Procfile's server) or granian workers with DEBUG off and the local backend.
 Load: wrk with bench/predict.lua (each request its own X-Request-ID, stored in its decision
 record) in chunks of --chunk seconds until --requests 2xx answers are in. Then: every 2xx request
 id must have exactly one decision record (no more, no fewer), and ``verify_decisions`` must
-verify the chain. Prints req/s, p50 and p99 per chunk and overall, and writes
+verify the decision log. Prints req/s, p50 and p99 per chunk and overall, and writes
 var/soak/results.json. Reuses bench/run.py's process handling, server command lines and wrk
 driver. The digits model's explanations are queued in Redis (no worker runs): the soak's Redis
 database is emptied at the end unless --keep-queue.
@@ -304,7 +304,7 @@ def main() -> int:
         )
         verify_line = ((verify.stdout + verify.stderr).strip().splitlines() or ["(no output)"])[-1]
         if verify.returncode != 0:
-            reasons.append("the chain does not verify")
+            reasons.append("the decision log does not verify")
         if reasons:
             exit_code = 1
         weights = [c["requests"] for c in chunks]
