@@ -1137,7 +1137,9 @@ def main() -> int:
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         print_report(results, results_path)
         if exit_code:
-            log("FAILED: decision-record completeness is not exactly 1.0 or the log does not verify")
+            log(
+                "FAILED: decision-record completeness is not exactly 1.0 or the log does not verify"
+            )
     except KeyboardInterrupt as exc:
         log(f"interrupted ({str(exc) or 'Ctrl-C'}); stopping everything")
         exit_code = 130
