@@ -33,7 +33,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -47,6 +46,10 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import code_version, loadavg, machine  # noqa: E402  (bench/run.py, as soak.py does)
+
 PYTHON = sys.executable
 GOAL_LEAVES_PER_S = 20_000
 HZ = os.sysconf("SC_CLK_TCK")
@@ -525,37 +528,6 @@ def django_env(var_dir: Path, database_url: str, batch: int | None) -> dict[str,
     return env
 
 
-def code_version() -> dict[str, Any]:
-    def git(*argv: str) -> str:
-        r = subprocess.run(  # noqa: S603
-            ["git", *argv],  # noqa: S607 - git from PATH, fixed arguments
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return r.stdout
-
-    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted": dirty}
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "loadavg_before": load,
-    }
-
-
 def parent(args: argparse.Namespace) -> int:
     started = time.monotonic()
     scratch = Path(args.var_dir).resolve()
@@ -563,7 +535,7 @@ def parent(args: argparse.Namespace) -> int:
     SIGNING_KEY.append(signing_key())
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": {**machine(), "loadavg_before": loadavg()},
         "code": code_version(),
         "command": "make bench-log  (bench/tlog.py " + " ".join(sys.argv[1:]) + ")",
         "goal_leaves_per_s": GOAL_LEAVES_PER_S,
