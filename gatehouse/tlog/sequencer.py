@@ -195,6 +195,7 @@ class Sequencer:
                     "WHERE leaf.id = v.id AND leaf.idx IS NULL",
                     [now, [idx for idx, _ in numbered], [leaf_id for _, leaf_id in numbered]],
                 )
+                self._check_numbered(cursor.rowcount, numbered)
                 if new_nodes:
                     cursor.execute(
                         f"INSERT INTO {nodes} (level, idx, hash) "  # noqa: S608
@@ -210,11 +211,19 @@ class Sequencer:
                 f"UPDATE {leaves} SET idx = %s, integrated_at = %s WHERE id = %s AND idx IS NULL",  # noqa: S608
                 [(idx, now, leaf_id) for idx, leaf_id in numbered],
             )
+            self._check_numbered(cursor.rowcount, numbered)
             if new_nodes:
                 cursor.executemany(
                     f"INSERT INTO {nodes} (level, idx, hash) VALUES (%s, %s, %s)",  # noqa: S608
                     new_nodes,
                 )
+
+    @staticmethod
+    def _check_numbered(updated: int, numbered: list[tuple[int, int]]) -> None:
+        # Every leaf read as queued must be numbered by this pass, or the nodes just computed
+        # would not be the tree's: roll the pass back (the lease makes this unreachable).
+        if updated != len(numbered):
+            raise RuntimeError(f"{len(numbered) - updated} leaves were numbered by another writer")
 
     def drain(self) -> int:
         """Integrate everything queued now, then let the lease go (tests, commands); returns
