@@ -226,7 +226,10 @@ def test_a_standby_sequencer_takes_over_from_a_killed_one(tmp_path: Path, v1: An
         assert group.alive(standby)
         checkpoint = LogCheckpoint.objects.order_by("-size").first()
         assert checkpoint is not None
-        witnessed = (tmp_path / "witness" / f"{checkpoint.size:012d}.checkpoint").read_text()
+        # The witness file is written just after the pass commits: wait for it, not for the queue.
+        witness_file = tmp_path / "witness" / f"{checkpoint.size:012d}.checkpoint"
+        _until(witness_file.exists, 10, "the stand-by's checkpoint exported for witnesses")
+        witnessed = witness_file.read_text()
         out = StringIO()
         call_command("verify_decisions", "--json", stdout=out)
         standby_log, killed_log = group.log(standby), group.log(before)
