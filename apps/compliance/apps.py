@@ -24,6 +24,13 @@ class ComplianceConfig(AppConfig):
         auditlog.register(Consent)
         auditlog.register(Review, exclude_fields=["subject_pseudonym"])
         auditlog.register(ErasureRequest, exclude_fields=["subject"])
+        # An erasure deletes the audit entries of these (apps/compliance/erasure.py); the log
+        # accepts their removal, and no other audit entry's.
+        from gatehouse.tlog import audit
+
+        audit.erasable_models.update(
+            {"compliance.consent", "compliance.review", "inference.outcome"}
+        )
         extensions.register_demo_step(demo.create_demo_consents)
         officers = frozenset({Role.COMPLIANCE_OFFICER, Role.ADMIN})
         for label, url, roles, order, description in (

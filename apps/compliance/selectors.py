@@ -21,7 +21,7 @@ from apps.compliance.services import can_review, effective_label, subject_find
 from apps.inference import selectors as inference_selectors
 from apps.inference.models import Decision, Route
 from apps.registry.models import ModelVersion
-from gatehouse.errors import NotFound, PermissionDenied
+from gatehouse.errors import Conflict, NotFound, PermissionDenied
 from gatehouse.models import ApiKey
 from gatehouse.roles import Role, has_role
 
@@ -113,11 +113,11 @@ def subject_export(*, user: Any, reference: str, receipts: bool = True) -> dict[
 
 
 def _receipt(decision: Decision) -> dict[str, Any] | None:
-    """The decision's log receipt (``None`` for a record the log does not hold, which its
-    verification reports; the export is still given)."""
+    """The decision's log receipt (``None`` for a record the log does not hold or that no longer
+    matches its logged leaf, which verification reports; the export is still given)."""
     try:
         return inference_selectors.decision_receipt(decision=decision)
-    except NotFound:
+    except (NotFound, Conflict):
         return None
 
 

@@ -151,7 +151,7 @@ def get_decision(request: HttpRequest, decision_id: uuid.UUID) -> DecisionOut:
 
 @router.get(
     "/decisions/{decision_id}/receipt",
-    response={200: ReceiptOut, 202: ReceiptOut, **ERRORS, 422: ErrorOut},
+    response={200: ReceiptOut, 202: ReceiptOut, **ERRORS, 409: ErrorOut, 422: ErrorOut},
     url_name="decision_receipt",
 )
 def get_receipt(

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from apps.inference.models import Decision
 from gatehouse.tlog import kinds, signing, tree
 from gatehouse.tlog.kinds import canonical
-from gatehouse.tlog.verify import leaf_hash
 
 KIND = "decision"
 
@@ -38,6 +38,7 @@ def leaf_bytes(d: Any) -> bytes:
     """The canonical leaf of a decision (also what a receipt carries and the verifier hashes)."""
     return canonical(
         {
+            "v": 1,
             "kind": KIND,
             "id": str(d.id),
             "created_at": d.created_at.isoformat(),
@@ -59,24 +60,29 @@ def leaf_bytes(d: Any) -> bytes:
     )
 
 
-def record(decisions: list[Decision]) -> list[Decision]:
-    """Insert ``decisions`` and queue their leaves, in the caller's transaction (inserts only:
-    concurrent recorders never wait for each other here)."""
+def entries(decisions: Sequence[Decision]) -> list[tree.Entry]:
+    """The log entries of unsaved decisions (their ids and times are set at construction)."""
+    return [tree.Entry(str(d.id), leaf_bytes(d)) for d in decisions]
+
+
+def record(decisions: list[Decision], logged: Sequence[tree.Entry] | None = None) -> list[Decision]:
+    """Insert ``decisions`` and queue their leaves (``logged``: their ``entries``, when the
+    caller made them already), in the caller's transaction. Inserts only: concurrent recorders
+    never wait for each other here."""
     Decision.objects.bulk_create(decisions)
-    tree.enqueue(KIND, [tree.Entry(str(d.id), leaf_hash(leaf_bytes(d))) for d in decisions])
+    tree.enqueue(KIND, entries(decisions) if logged is None else logged)
     return decisions
 
 
-def promise(decision: Decision) -> tuple[bytes, str]:
-    """The decision's leaf hash and the log's signed promise to integrate it (given with the
-    reply, and again with the receipt)."""
-    h = leaf_hash(leaf_bytes(decision))
-    return h, signing.sign_promise(str(decision.id), h, decision.created_at)
+def promise(decision: Decision, entry: tree.Entry) -> str:
+    """The log's signed promise to integrate this decision's leaf (given with the reply)."""
+    return signing.sign_promise(str(decision.id), entry.leaf_hash, decision.created_at)
 
 
-def forget(ids: Sequence[Any]) -> None:
-    """Mark the leaves of deleted decisions (a retention purge): their hashes stay in the tree."""
-    tree.mark_removed(KIND, [str(i) for i in ids], reason="purged")
+def forget(ids: Sequence[Any], *, when: datetime) -> None:
+    """Mark the leaves of deleted decisions (a retention purge at ``when``): they stay in the
+    tree, and verification checks the purge against the family's retention."""
+    tree.mark_removed(KIND, [str(i) for i in ids], reason="purged", when=when)
 
 
 def payload_intact(d: Decision) -> bool:
@@ -105,7 +111,28 @@ def _unlogged(logged: set[str]) -> Iterable[str]:
             yield str(pk)
 
 
+def _may_remove(fields: dict[str, Any], reason: str, when: datetime | None) -> str | None:
+    """A decision's row may be gone only by a retention purge after its family's retention."""
+    from apps.registry.models import ModelFamily
+
+    if reason != "purged" or when is None:
+        return f"it was removed ({reason or 'no reason'}), and only a retention purge may"
+    family = ModelFamily.objects.filter(pk=int(fields.get("family") or 0)).first()
+    made = datetime.fromisoformat(str(fields.get("created_at")))
+    if family is None or family.legal_hold:
+        return "it was purged while its family is on legal hold (or gone)"
+    if made > when - timedelta(days=family.retention_days):
+        return "it was purged before its family's retention ended"
+    return None
+
+
 def register_kind() -> None:
     kinds.register(
-        kinds.LeafKind(name=KIND, label="decision", recompute=_recompute, unlogged=_unlogged)
+        kinds.LeafKind(
+            name=KIND,
+            label="decision",
+            recompute=_recompute,
+            unlogged=_unlogged,
+            may_remove=_may_remove,
+        )
     )

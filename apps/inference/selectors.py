@@ -45,15 +45,22 @@ def decision_history(*, user: Any, limit: int = 20) -> list[Decision]:
 
 
 def decision_receipt(*, decision: Decision, tree_size: int | None = None) -> dict[str, Any]:
-    """The receipt of a decision the caller may see (``decision_get``)."""
+    """The receipt of a decision the caller may see (``decision_get``); 409 when the record
+    no longer matches what was logged (its fields or its personal payload were edited)."""
     from apps.inference import records
+    from gatehouse.errors import Conflict
     from gatehouse.tlog import receipts
 
-    _, promise = records.promise(decision)
+    if not records.payload_intact(decision):
+        raise Conflict(
+            "The record's payload differs from its digest in the decision log; an operator "
+            "must run `manage.py verify_decisions`.",
+            code="log_mismatch",
+        )
     return receipts.receipt(
         kind=records.KIND,
         ref=str(decision.id),
-        leaf=records.leaf_bytes(decision),
-        promise=promise,
+        current=records.leaf_bytes(decision),
+        moment=decision.created_at,
         tree_size=tree_size,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 
 from apps.inference import policy, records, routing
 from apps.inference.backends import get_backend
@@ -23,6 +24,8 @@ from apps.registry.models import ModelFamily, ModelVersion
 from gatehouse.errors import Conflict, PayloadTooLarge, ValidationFailed
 from gatehouse.models import ApiKey
 from gatehouse.pseudonyms import pseudonymise
+from gatehouse.tlog import tree
+from gatehouse.tlog.verify import b64
 
 logger = logging.getLogger(__name__)
 
@@ -203,24 +206,26 @@ def _predict(
     _validate_rows(version, config, request.rows)
     probabilities = get_backend().predict(version, request.rows)
     latency_ms = (time.perf_counter() - started) * 1000
+    decisions = build_decisions(
+        family=family,
+        version=version,
+        route=choice.route,
+        user=user,
+        key=key,
+        request=request,
+        probabilities=probabilities,
+        latency_ms=latency_ms,
+        pseudonym=pseudonym,
+        policy_ref=policy_ref,
+    )
+    # Leaves and signed promises before the transaction: they depend on the records alone, and
+    # signing must not hold a write lock (SQLite's is the whole database's).
+    entries = records.entries(decisions)
+    body = _body(family, decisions, entries, config)
     try:
         with transaction.atomic():
-            decisions = records.record(
-                build_decisions(
-                    family=family,
-                    version=version,
-                    route=choice.route,
-                    user=user,
-                    key=key,
-                    request=request,
-                    probabilities=probabilities,
-                    latency_ms=latency_ms,
-                    pseudonym=pseudonym,
-                    policy_ref=policy_ref,
-                )
-            )
+            records.record(decisions, entries)
             policy.run_recorded_hooks(decisions, request.rows)
-            body = _body(family, decisions, config)
             if request.idempotency_key:
                 IdempotentReply.objects.create(
                     actor=actor,
@@ -242,7 +247,12 @@ def _predict(
     return 200, body
 
 
-def _body(family: ModelFamily, decisions: list[Decision], config: RoutingConfig) -> dict[str, Any]:
+def _body(
+    family: ModelFamily,
+    decisions: list[Decision],
+    entries: list[tree.Entry],
+    config: RoutingConfig,
+) -> dict[str, Any]:
     return {
         "model": family.slug,
         "predictions": [
@@ -252,24 +262,19 @@ def _body(family: ModelFamily, decisions: list[Decision], config: RoutingConfig)
                 "scores": reply_scores(d.scores, config),
                 "model_version": d.version_label,
                 "route": d.route,
-                "receipt": receipt_promise(d),
+                "receipt": receipt_promise(d, entry),
             }
-            for d in decisions
+            for d, entry in zip(decisions, entries, strict=True)
         ],
     }
 
 
-def receipt_promise(decision: Decision) -> dict[str, str]:
+def receipt_promise(decision: Decision, entry: tree.Entry) -> dict[str, str]:
     """What the reply carries of the log at once: the leaf hash and the signed promise to
     integrate it; the inclusion proof is at ``url`` once integrated."""
-    from django.urls import reverse
-
-    from gatehouse.tlog.verify import b64
-
-    leaf_hash, promise = records.promise(decision)
     return {
-        "leaf_hash": b64(leaf_hash),
-        "promise": promise,
+        "leaf_hash": b64(entry.leaf_hash),
+        "promise": records.promise(decision, entry),
         "url": reverse("api:decision_receipt", kwargs={"decision_id": decision.id}),
     }
 
@@ -435,7 +440,7 @@ def decisions_retention_purge(*, now: Any = None) -> RetentionResult:
     Outcome.objects.filter(decision_id__in=expired).delete()
     BatchRow.objects.filter(decision_id__in=expired).update(decision=None)
     _, per_model = Decision.objects.filter(id__in=expired).delete()
-    records.forget(expired)
+    records.forget(expired, when=now)
     deleted = per_model.get(Decision._meta.label, 0)
     if expired:
         logger.info("retention: %d records expired and deleted", deleted)

@@ -10,27 +10,36 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from auditlog.models import LogEntry
 from django.db.models.signals import post_save
 
 from gatehouse.tlog import kinds, tree
-from gatehouse.tlog.verify import leaf_hash
 
 KIND = "audit"
+# Models ("app_label.model") whose audit entries an erasure may delete (registered by the apps
+# that erase them); an entry of any other model that is gone was deleted unlawfully.
+erasable_models: set[str] = set()
 
 
 def leaf_bytes(entry: Any, salt: str) -> bytes:
     personal = {
         "changes": entry.changes,
+        "changes_text": entry.changes_text,
         "object_repr": entry.object_repr,
+        "serialized_data": entry.serialized_data,
         "additional_data": entry.additional_data,
         "remote_addr": entry.remote_addr,
+        "remote_port": entry.remote_port,
+        "actor_email": entry.actor_email,
+        "cid": entry.cid,
     }
     digest = hashlib.sha256(bytes.fromhex(salt) + kinds.canonical(personal)).hexdigest()
     return kinds.canonical(
         {
+            "v": 1,
             "kind": KIND,
             "id": str(entry.pk),
             "model": f"{entry.content_type.app_label}.{entry.content_type.model}",
@@ -49,7 +58,7 @@ def _on_entry(sender: Any, instance: LogEntry, created: bool, raw: bool = False,
     # Read back as stored, so that the leaf is what verification will recompute from the row.
     entry = LogEntry.objects.select_related("content_type").get(pk=instance.pk)
     salt = secrets.token_hex(16)
-    tree.enqueue(KIND, [tree.Entry(str(entry.pk), leaf_hash(leaf_bytes(entry, salt)), salt)])
+    tree.enqueue(KIND, [tree.Entry(str(entry.pk), leaf_bytes(entry, salt), salt)])
 
 
 def _recompute(refs: Sequence[str], salts: Mapping[str, str]) -> dict[str, bytes | str]:
@@ -67,8 +76,20 @@ def _unlogged(logged: set[str]) -> Iterable[str]:
             yield str(pk)
 
 
+def _may_remove(fields: dict[str, Any], reason: str, when: datetime | None) -> str | None:
+    if reason == "erased" and fields.get("model") in erasable_models:
+        return None
+    return f"an audit entry of {fields.get('model')} was removed ({reason or 'no reason'})"
+
+
 def connect() -> None:
     post_save.connect(_on_entry, sender=LogEntry, dispatch_uid="tlog-audit-leaf")
     kinds.register(
-        kinds.LeafKind(name=KIND, label="audit entry", recompute=_recompute, unlogged=_unlogged)
+        kinds.LeafKind(
+            name=KIND,
+            label="audit entry",
+            recompute=_recompute,
+            unlogged=_unlogged,
+            may_remove=_may_remove,
+        )
     )

@@ -10,15 +10,18 @@ from django.utils import timezone
 class LogLeaf(models.Model):
     """One entry of the log: a decision or an audit-trail entry, by kind and reference.
 
-    Written by whoever records the entry, in the same transaction (``leaf_hash`` is computed
-    then); ``idx`` stays empty until the sequencer integrates it. ``removed`` says why the
-    entry's row is lawfully gone (a retention purge, an erasure of audit entries): the leaf
-    hash stays, so the tree still verifies.
+    Written by whoever records the entry, in the same transaction: ``leaf`` is the entry's
+    canonical leaf (its non-personal fields and a salted digest of the rest, so it may be kept
+    and handed out in receipts) and ``leaf_hash`` its RFC 9162 hash. ``idx`` stays empty until
+    the sequencer integrates it. ``removed`` says why the entry's row is lawfully gone (a
+    retention purge, an erasure of audit entries): the leaf stays, so the tree still verifies
+    and the removal can be checked against the kind's rules.
     """
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=16)
     ref = models.CharField(max_length=64)
+    leaf = models.BinaryField()
     leaf_hash = models.BinaryField(max_length=32)
     # For kinds whose personal part enters the leaf through a salted digest kept here.
     salt = models.CharField(max_length=32, blank=True)
@@ -26,6 +29,7 @@ class LogLeaf(models.Model):
     idx = models.BigIntegerField(null=True, unique=True)
     integrated_at = models.DateTimeField(null=True)
     removed = models.CharField(max_length=16, blank=True)
+    removed_at = models.DateTimeField(null=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["kind", "ref"], name="log_leaf_once")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import connection
 from django.db.models import Max
@@ -16,18 +17,22 @@ from django.utils import timezone
 
 from gatehouse.errors import NotFound, ValidationFailed
 from gatehouse.tlog.models import LogCheckpoint, LogLeaf, LogNode
-from gatehouse.tlog.verify import fold, split_point
+from gatehouse.tlog.verify import fold, leaf_hash, split_point
 
 Coord = tuple[int, int]
 
 
 @dataclass(frozen=True)
 class Entry:
-    """What a recorder hands to the log: which record, and its leaf hash."""
+    """What a recorder hands to the log: which record, and its canonical leaf."""
 
     ref: str
-    leaf_hash: bytes
+    leaf: bytes
     salt: str = ""
+
+    @property
+    def leaf_hash(self) -> bytes:
+        return leaf_hash(self.leaf)
 
 
 def enqueue(kind: str, entries: Sequence[Entry]) -> None:
@@ -38,7 +43,14 @@ def enqueue(kind: str, entries: Sequence[Entry]) -> None:
     now = timezone.now()
     LogLeaf.objects.bulk_create(
         [
-            LogLeaf(kind=kind, ref=e.ref, leaf_hash=e.leaf_hash, salt=e.salt, created_at=now)
+            LogLeaf(
+                kind=kind,
+                ref=e.ref,
+                leaf=e.leaf,
+                leaf_hash=e.leaf_hash,
+                salt=e.salt,
+                created_at=now,
+            )
             for e in entries
         ]
     )
@@ -163,12 +175,16 @@ def checkpoint_at(size: int | None = None) -> LogCheckpoint:
     return checkpoint
 
 
-def mark_removed(kind: str, refs: Sequence[str], *, reason: str) -> int:
-    """Record that the rows of these leaves were lawfully removed (a purge, an erasure): the
-    leaves keep their hashes and places; their salts go."""
+def mark_removed(
+    kind: str, refs: Sequence[str], *, reason: str, when: datetime | None = None
+) -> int:
+    """Record that the rows of these leaves were removed (a purge, an erasure) and when: the
+    leaves keep their places; their salts go. Verification asks the kind whether it was lawful."""
     if not refs:
         return 0
-    return LogLeaf.objects.filter(kind=kind, ref__in=list(refs)).update(removed=reason, salt="")
+    return LogLeaf.objects.filter(kind=kind, ref__in=list(refs)).update(
+        removed=reason, removed_at=when or timezone.now(), salt=""
+    )
 
 
 def oldest_pending_age_s() -> float:

@@ -4,8 +4,10 @@ problem (``manage.py verify_decisions``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from gatehouse.tlog import kinds, signing, tree
 from gatehouse.tlog.models import LogCheckpoint, LogLeaf, LogNode
@@ -39,8 +41,11 @@ class Verification:
         return self
 
 
-def _chunks(query: object) -> Iterator[list[tuple[int, str, str, bytes, str, str]]]:
-    rows: list[tuple[int, str, str, bytes, str, str]] = []
+Row = tuple[int, str, str, bytes, str, str, bytes, Any]
+
+
+def _chunks(query: object) -> Iterator[list[Row]]:
+    rows: list[Row] = []
     for row in query.iterator(CHUNK):  # type: ignore[attr-defined]
         rows.append(row)
         if len(rows) == CHUNK:
@@ -48,6 +53,14 @@ def _chunks(query: object) -> Iterator[list[tuple[int, str, str, bytes, str, str
             rows = []
     if rows:
         yield rows
+
+
+def _fields(leaf: bytes) -> dict[str, Any]:
+    try:
+        fields = json.loads(bytes(leaf))
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 def _label(kind: str, ref: str) -> str:
@@ -64,12 +77,12 @@ def verify_log() -> Verification:
     integrated = (
         LogLeaf.objects.filter(idx__lt=bound)
         .order_by("idx")
-        .values_list("idx", "kind", "ref", "leaf_hash", "salt", "removed")
+        .values_list("idx", "kind", "ref", "leaf_hash", "salt", "removed", "leaf", "removed_at")
     )
     hashes: list[bytes] = []
     logged: dict[str, set[str]] = {}
     for rows in _chunks(integrated):
-        by_kind: dict[str, list[tuple[int, str, str, bytes, str, str]]] = {}
+        by_kind: dict[str, list[Row]] = {}
         for row in rows:
             idx, kind, ref = row[0], row[1], row[2]
             if idx != len(hashes):
@@ -87,21 +100,24 @@ def verify_log() -> Verification:
                 return result.fail(f"leaf #{group[0][0]} has an unknown kind {kind!r}")
             salts = {r[2]: r[4] for r in group}
             recomputed = known.recompute([r[2] for r in group], salts)
-            for idx, _, ref, stored, _, removed in group:
+            for idx, _, ref, stored, _, removed, logged_leaf, removed_at in group:
+                name = _label(kind, ref)
+                if leaf_hash(bytes(logged_leaf)) != bytes(stored):
+                    return result.fail(f"the logged leaf of {name} at #{idx} was edited", name)
                 found = recomputed.get(ref)
                 if found is None:
-                    if removed:
-                        result.removed += 1
-                        continue
-                    return result.fail(
-                        f"{_label(kind, ref)} at #{idx} was deleted", _label(kind, ref)
-                    )
+                    if not removed:
+                        return result.fail(f"{name} at #{idx} was deleted", name)
+                    why = known.may_remove(_fields(logged_leaf), removed, removed_at)
+                    if why is not None:
+                        return result.fail(f"{name} at #{idx} was deleted: {why}", name)
+                    result.removed += 1
+                    continue
                 if isinstance(found, str):
-                    return result.fail(f"{_label(kind, ref)} at #{idx}: {found}", _label(kind, ref))
-                if leaf_hash(found) != bytes(stored):
+                    return result.fail(f"{name} at #{idx}: {found}", name)
+                if found != bytes(logged_leaf):
                     return result.fail(
-                        f"{_label(kind, ref)} at #{idx} was edited (or the leaves were reordered)",
-                        _label(kind, ref),
+                        f"{name} at #{idx} was edited (or the leaves were reordered)", name
                     )
     result.leaves = len(hashes)
     levels: dict[int, list[bytes]] = {}

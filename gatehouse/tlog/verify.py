@@ -184,6 +184,20 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _decimal(text: str, what: str) -> int:
+    """A decimal number of at most 20 ASCII digits (tree sizes and indexes are 64-bit)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        raise VerificationError(f"{what} {text[:30]!r} is not a number")
+    return int(text)
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise VerificationError(f"{what} is not UTF-8 text") from exc
+
+
 def _check_key_name(name: str) -> None:
     if not name or any(c.isspace() for c in name) or "+" in name:
         raise VerificationError(f"key name {name!r} is empty or has a space or '+'")
@@ -302,7 +316,7 @@ def open_note(note: str, keys: Sequence[VerifierKey]) -> tuple[str, VerifierKey]
             raise VerificationError("a signature is too short")
         for key in keys:
             if key.name == name and key.id == raw[:4]:
-                if not key.verifies(body.encode(), raw[4:]):
+                if not key.verifies(_utf8(body, "the signed note"), raw[4:]):
                     raise VerificationError(f"the signature of {name} does not verify")
                 return body, key
     names = ", ".join(sorted({k.name for k in keys})) or "none"
@@ -329,21 +343,23 @@ class Checkpoint:
         origin, size, root = lines[0], lines[1], lines[2]
         if not origin:
             raise VerificationError("the checkpoint's origin is empty")
-        if not size.isdigit() or (size != "0" and size.startswith("0")) or not size.isascii():
-            raise VerificationError(f"the checkpoint's tree size {size[:30]!r} is not a number")
+        if size != "0" and size.startswith("0"):
+            raise VerificationError(f"the checkpoint's tree size {size[:30]!r} has a leading 0")
+        tree_size = _decimal(size, "the checkpoint's tree size")
         root_hash = _b64decode(root, "the checkpoint's root hash")
         _check_hash(root_hash, "the checkpoint's root hash")
-        return cls(origin, int(size), root_hash)
+        return cls(origin, tree_size, root_hash)
 
 
 def open_checkpoint(note: str, keys: Sequence[VerifierKey], origin: str = "") -> Checkpoint:
-    """A checkpoint whose signature verifies with one of ``keys`` and whose origin is the
-    signing key's name (and ``origin`` when given)."""
-    body, key = open_note(note, keys)
+    """A checkpoint whose signature verifies with one of ``keys`` named as its origin (and
+    ``origin`` when given): another log's or a witness's key cannot stand in for the log's."""
+    body, key = open_note(note, [k for k in keys if not origin or k.name == origin])
     checkpoint = Checkpoint.parse(body)
-    wanted = origin or key.name
-    if checkpoint.origin != wanted:
-        raise VerificationError(f"the checkpoint is from {checkpoint.origin!r}, not {wanted!r}")
+    if checkpoint.origin != key.name:
+        raise VerificationError(
+            f"the checkpoint is from {checkpoint.origin!r}, signed by {key.name!r}"
+        )
     return checkpoint
 
 
@@ -398,11 +414,9 @@ class InclusionProof:
             rest = rest[1:]
         if not rest or not rest[0].startswith("index "):
             raise VerificationError("the proof has no index line")
-        index = rest[0][len("index ") :]
-        if not index.isdigit() or not index.isascii():
-            raise VerificationError(f"the proof's index {index[:30]!r} is not a number")
+        index = _decimal(rest[0][len("index ") :], "the proof's index")
         path = [_b64decode(line, "a proof hash") for line in rest[1:]]
-        return cls(int(index), path, checkpoint)
+        return cls(index, path, checkpoint)
 
 
 @dataclass
@@ -420,7 +434,7 @@ def verify_receipt(receipt: dict[str, Any], keys: Sequence[VerifierKey]) -> Repo
         raise VerificationError(f"this is not a {RECEIPT_FORMAT} receipt")
     report = Report(checks=[])
     try:
-        leaf = str(receipt["leaf"]).encode()
+        leaf = _utf8(str(receipt["leaf"]), "the leaf")
         claimed = _b64decode(str(receipt["leaf_hash"]), "the leaf hash")
         record_id = str(receipt["record_id"])
         promise_note = str(receipt["promise"])
@@ -428,7 +442,7 @@ def verify_receipt(receipt: dict[str, Any], keys: Sequence[VerifierKey]) -> Repo
         raise VerificationError(f"the receipt has no {exc.args[0]!r}") from exc
     try:
         fields = json.loads(leaf)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise VerificationError("the leaf is not JSON") from exc
     if not isinstance(fields, dict) or str(fields.get("id")) != record_id:
         raise VerificationError("the leaf is not the record the receipt names")
@@ -501,13 +515,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         keys = _read_keys(args.public_key)
         receipt = json.loads(Path(args.receipt).read_text(encoding="utf-8"))
-    except (OSError, ValueError, VerificationError) as exc:
+    except (OSError, ValueError, RecursionError, VerificationError) as exc:
         print(f"cannot read the input: {exc}", file=sys.stderr)
         return 2
     try:
         report = verify_receipt(receipt, keys)
     except VerificationError as exc:
         print(f"FAILED: {exc}")
+        return 1
+    except (ValueError, TypeError, RecursionError) as exc:  # a shape no check foresaw
+        print(f"FAILED: the receipt is malformed ({type(exc).__name__})")
         return 1
     for line in report.checks:
         print(f"ok  {line}")

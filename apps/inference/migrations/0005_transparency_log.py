@@ -50,6 +50,61 @@ def _legacy_content_hash(d):
     return hashlib.sha256(_canonical(fields)).hexdigest()
 
 
+# The leaf formats (v1) as this migration writes them, frozen here like the chain's rules: the
+# live ones (apps/inference/records.py, gatehouse/tlog/audit.py) may move on to a v2.
+def _decision_leaf_v1(d):
+    return _canonical(
+        {
+            "v": 1,
+            "kind": "decision",
+            "id": str(d.id),
+            "created_at": d.created_at.isoformat(),
+            "request_id": d.request_id,
+            "family": d.family_id,
+            "version": d.version_id,
+            "version_label": d.version_label,
+            "artifact_sha256": d.artifact_sha256,
+            "route": d.route,
+            "actor_user": d.actor_user_id,
+            "api_key": d.api_key_id,
+            "purpose": d.purpose,
+            "jurisdiction": d.jurisdiction,
+            "policy_ref": d.policy_ref,
+            "row_index": d.row_index,
+            "latency_ms": round(d.latency_ms, 3),
+            "payload_digest": d.payload_digest,
+        }
+    )
+
+
+def _audit_leaf_v1(entry, salt):
+    personal = {
+        "changes": entry.changes,
+        "changes_text": entry.changes_text,
+        "object_repr": entry.object_repr,
+        "serialized_data": entry.serialized_data,
+        "additional_data": entry.additional_data,
+        "remote_addr": entry.remote_addr,
+        "remote_port": entry.remote_port,
+        "actor_email": entry.actor_email,
+        "cid": entry.cid,
+    }
+    digest = hashlib.sha256(bytes.fromhex(salt) + _canonical(personal)).hexdigest()
+    return _canonical(
+        {
+            "v": 1,
+            "kind": "audit",
+            "id": str(entry.pk),
+            "model": f"{entry.content_type.app_label}.{entry.content_type.model}",
+            "object_pk": entry.object_pk,
+            "action": entry.action,
+            "actor": entry.actor_id,
+            "timestamp": entry.timestamp.isoformat(),
+            "digest": digest,
+        }
+    )
+
+
 def _verify_legacy_chain(Decision, ChainHead, ChainStart):
     start = ChainStart.objects.filter(pk=1).first()
     prev, expected = (start.chain_hash, start.seq + 1) if start else (GENESIS, 1)
@@ -75,8 +130,6 @@ def _verify_legacy_chain(Decision, ChainHead, ChainStart):
 
 
 def chain_to_tree(apps, schema_editor):
-    from apps.inference.records import leaf_bytes
-    from gatehouse.tlog.audit import leaf_bytes as audit_leaf_bytes
     from gatehouse.tlog.verify import leaf_hash, node_hash
 
     Decision = apps.get_model("inference", "Decision")
@@ -91,9 +144,13 @@ def chain_to_tree(apps, schema_editor):
     frontier = []  # (level, hash)
     leaves, nodes, size = [], [], 0
     for d in Decision.objects.order_by("seq").iterator(2000):
-        h = leaf_hash(leaf_bytes(d))
+        leaf = _decision_leaf_v1(d)
+        h = leaf_hash(leaf)
         leaves.append(
-            LogLeaf(kind="decision", ref=str(d.id), leaf_hash=h, created_at=d.created_at, idx=size, integrated_at=now)
+            LogLeaf(
+                kind="decision", ref=str(d.id), leaf=leaf, leaf_hash=h, created_at=d.created_at,
+                idx=size, integrated_at=now,
+            )
         )
         level, idx, node = 0, size, h
         while frontier and frontier[-1][0] == level:
@@ -112,16 +169,31 @@ def chain_to_tree(apps, schema_editor):
     pending = []
     for entry in LogEntry.objects.select_related("content_type").order_by("pk").iterator(2000):
         salt = secrets.token_hex(16)
+        leaf = _audit_leaf_v1(entry, salt)
         pending.append(
             LogLeaf(
                 kind="audit",
                 ref=str(entry.pk),
-                leaf_hash=leaf_hash(audit_leaf_bytes(entry, salt)),
+                leaf=leaf,
+                leaf_hash=leaf_hash(leaf),
                 salt=salt,
                 created_at=entry.timestamp,
             )
         )
     LogLeaf.objects.bulk_create(pending, batch_size=2000)
+    if size:
+        # The first checkpoint over the migrated chain, so that it verifies at once.
+        from gatehouse.tlog import signing
+        from gatehouse.tlog.verify import fold
+
+        root = fold(h for _, h in frontier)
+        LogCheckpoint = apps.get_model("gatehouse", "LogCheckpoint")
+        LogCheckpoint.objects.create(
+            size=size,
+            root=root,
+            note=signing.sign_checkpoint(size, root),
+            key_id=signing.signer().verifier.id.hex(),
+        )
 
 
 class Migration(migrations.Migration):
