@@ -589,6 +589,18 @@ def test_every_checkpoint_is_exported_for_witnesses(client, caller, settings, tm
             == checkpoint.note
             == (tmp_path / "witness" / "latest").read_text()
         )
+        # A pass whose export was lost (the process died after its commit): the next export
+        # writes the missed checkpoint too.
+        settings.LOG_WITNESS_DIR = ""
+        _decisions(client, caller, n=1)
+        integrate()
+        missed = LogCheckpoint.objects.last()
+        settings.LOG_WITNESS_DIR = str(tmp_path / "witness")
+        _decisions(client, caller, n=1)
+        integrate()
+        sizes = sorted(int(f.stem) for f in (tmp_path / "witness").glob("*.checkpoint"))
+        assert sizes == sorted(LogCheckpoint.objects.values_list("size", flat=True))
+        assert missed.size in sizes
         from gatehouse.tlog import witness
 
         assert witness.post_webhook(checkpoint) == 200

@@ -20,18 +20,38 @@ from gatehouse.webhooks import SIGNATURE_HEADER, WEBHOOK_TIMEOUT_S, sign
 logger = logging.getLogger(__name__)
 
 
+CATCH_UP = 1000  # checkpoints written at most per export after a gap
+
+
 def write_file(checkpoint: LogCheckpoint) -> Path | None:
-    """``<LOG_WITNESS_DIR>/<size>.checkpoint``, written atomically (and ``latest`` beside it)."""
+    """``<LOG_WITNESS_DIR>/<size>.checkpoint``, written atomically, with any checkpoint since
+    the one in ``latest`` that is missing (a process that died between a pass's commit and its
+    export), then ``latest`` itself."""
     if not settings.LOG_WITNESS_DIR:
         return None
     directory = Path(settings.LOG_WITNESS_DIR)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{checkpoint.size:012d}.checkpoint"
-    for target in (path, directory / "latest"):
-        part = target.with_name(f".{target.name}.part")
-        part.write_text(checkpoint.note, encoding="utf-8")
-        os.replace(part, target)
-    return path
+    since = _latest_size(directory / "latest")
+    missed = LogCheckpoint.objects.filter(size__gt=since, size__lt=checkpoint.size).order_by(
+        "-size"
+    )[:CATCH_UP]
+    for earlier in [*missed, checkpoint]:
+        _write(directory / f"{earlier.size:012d}.checkpoint", earlier.note)
+    _write(directory / "latest", checkpoint.note)
+    return directory / f"{checkpoint.size:012d}.checkpoint"
+
+
+def _latest_size(path: Path) -> int:
+    try:
+        return int(path.read_text(encoding="utf-8").split("\n")[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _write(target: Path, text: str) -> None:
+    part = target.with_name(f".{target.name}.part")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, target)
 
 
 _last_post = 0.0
