@@ -8,9 +8,11 @@ turns on the hardened settings checked by ``manage.py check --deploy``.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,19 @@ TESTING = "pytest" in sys.modules or env_bool("GATEHOUSE_TESTING", False)
 DEBUG = env_bool("DEBUG", False)
 
 
+def _development_secret(path: Path, make: Callable[[], str]) -> str:
+    """A secret kept under var/ in development: created once, readable by its owner only from
+    the start (O_EXCL: processes starting together agree on the first one written)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(make() + "\n")
+    return path.read_text(encoding="utf-8").strip()
+
+
 def _secret_key() -> str:
     key = env_secret("SECRET_KEY")
     if key:
@@ -41,11 +56,7 @@ def _secret_key() -> str:
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set in production")
     # Development: a random key kept beside the database, so sessions survive restarts.
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(64), encoding="utf-8")
-        path.chmod(0o600)
-    return path.read_text(encoding="utf-8").strip()
+    return _development_secret(VAR_DIR / "secret_key", lambda: secrets.token_urlsafe(64))
 
 
 SECRET_KEY = _secret_key()
@@ -257,11 +268,9 @@ def _log_signing_key() -> str:
         )
     from gatehouse.tlog.verify import SignerKey
 
-    path = VAR_DIR / "log-signing-key"
-    if not path.exists():
-        path.write_text(SignerKey.generate(LOG_ORIGIN).text() + "\n", encoding="utf-8")
-        path.chmod(0o600)
-    return path.read_text(encoding="utf-8").strip()
+    return _development_secret(
+        VAR_DIR / "log-signing-key", lambda: SignerKey.generate(LOG_ORIGIN).text()
+    )
 
 
 LOG_SIGNING_KEY = _log_signing_key()

@@ -456,6 +456,11 @@ def verify_receipt(receipt: dict[str, Any], keys: Sequence[VerifierKey]) -> Repo
         raise VerificationError(f"the promise is from {promise.origin!r}, not {key.name!r}")
     if promise.record_id != record_id or promise.leaf_hash != claimed:
         raise VerificationError("the promise is for another record or leaf")
+    made = str(fields.get("created_at", "")).replace("+00:00", "Z")
+    if made and promise.time != made:
+        raise VerificationError("the promise's time is not the record's")
+    if receipt.get("kind") not in (None, fields.get("kind")):
+        raise VerificationError("the receipt's kind is not the leaf's")
     report.checks.append(
         f"promise: {key.name} (key {key.id.hex()}) promised at {promise.time} to log this leaf"
     )
