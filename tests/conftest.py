@@ -27,6 +27,13 @@ def _in_memory_channel_layer(settings: Any, request: pytest.FixtureRequest) -> N
 
 
 @pytest.fixture(autouse=True)
+def _witness_files_of_the_test(settings: Any, tmp_path: Any) -> None:
+    """Checkpoints integrated by a test are exported under its own directory, never into the
+    checkout's var/log-checkpoints (the witness files of the `make run` log)."""
+    settings.LOG_WITNESS_DIR = str(tmp_path / "witness")
+
+
+@pytest.fixture(autouse=True)
 def _no_metrics_flusher(settings: Any) -> None:
     """In-process tests flush monitoring counters themselves (a background thread would use a
     database connection the test does not own); servers started as subprocesses keep it."""
