@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from gatehouse.tlog import signing, tree
 from gatehouse.tlog.models import LogCheckpoint, LogLeaf, LogLease, LogNode
-from gatehouse.tlog.verify import fold, node_hash
+from gatehouse.tlog.verify import EMPTY_ROOT, fold, push
 
 logger = logging.getLogger(__name__)
 
@@ -106,16 +106,12 @@ class Sequencer:
         self.frontier = [(level, nodes[(level, idx)]) for level, idx in coords]
 
     def _append(self, leaf: bytes, new_nodes: list[tuple[int, int, bytes]]) -> None:
-        level, idx, node = 0, self.size, leaf
-        while self.frontier and self.frontier[-1][0] == level:
-            node = node_hash(self.frontier.pop()[1], node)
-            level, idx = level + 1, idx >> 1
-            new_nodes.append((level, idx, node))
-        self.frontier.append((level, node))
+        made = push(self.frontier, leaf)
+        new_nodes.extend((level, self.size >> level, node) for level, node in made)
         self.size += 1
 
     def root(self) -> bytes:
-        return tree.root(0) if not self.frontier else fold(h for _, h in self.frontier)
+        return fold(h for _, h in self.frontier) if self.frontier else EMPTY_ROOT
 
     # --- one pass --------------------------------------------------------------------------
     def integrate(self, limit: int | None = None) -> Pass:

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from gatehouse.errors import NotFound, ValidationFailed
 from gatehouse.tlog.models import LogCheckpoint, LogLeaf, LogNode
-from gatehouse.tlog.verify import fold, leaf_hash, split_point
+from gatehouse.tlog.verify import EMPTY_ROOT, fold, leaf_hash, split_point
 
 Coord = tuple[int, int]
 
@@ -146,12 +146,11 @@ def _assemble(plan: list[list[Coord]]) -> list[bytes]:
 
 
 def root(size: int) -> bytes:
-    from gatehouse.tlog.verify import root_of
-
     if size == 0:
-        return root_of([])
-    nodes = read_nodes(frontier_coords(size))
-    return fold(nodes[c] for c in frontier_coords(size))
+        return EMPTY_ROOT
+    coords = frontier_coords(size)
+    nodes = read_nodes(coords)
+    return fold(nodes[c] for c in coords)
 
 
 def inclusion_proof(index: int, size: int) -> list[bytes]:

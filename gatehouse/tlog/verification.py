@@ -17,6 +17,7 @@ from gatehouse.tlog.verify import (
     leaf_hash,
     node_hash,
     open_checkpoint,
+    push,
     verify_consistency,
 )
 
@@ -235,11 +236,7 @@ def _check_checkpoints(
                 label,
             )
         while position < checkpoint.size:
-            height, node = 0, hashes[position]
-            while frontier and frontier[-1][0] == height:
-                node = node_hash(frontier.pop()[1], node)
-                height += 1
-            frontier.append((height, node))
+            push(frontier, hashes[position])
             position += 1
         if fold(h for _, h in frontier) != signed.root:
             return (f"{label}: the tree's root at that size is not the signed root", label)

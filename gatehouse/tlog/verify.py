@@ -58,18 +58,27 @@ def split_point(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def push(frontier: list[tuple[int, bytes]], leaf: bytes) -> list[tuple[int, bytes]]:
+    """Append a leaf hash to a tree's right edge (``(level, hash)`` of its perfect subtrees, left
+    to right), in place; returns the interior nodes it completed, lowest first."""
+    level, node, made = 0, leaf, []
+    while frontier and frontier[-1][0] == level:
+        node = node_hash(frontier.pop()[1], node)
+        level += 1
+        made.append((level, node))
+    frontier.append((level, node))
+    return made
+
+
 def root_of(hashes: Sequence[bytes]) -> bytes:
     """MTH over leaf hashes (RFC 9162 2.1.1), iteratively; the empty tree hashes to SHA-256("")."""
-    if not hashes:
-        return hashlib.sha256(b"").digest()
-    frontier: list[tuple[int, bytes]] = []  # (height, hash) of the perfect subtrees so far
+    frontier: list[tuple[int, bytes]] = []
     for h in hashes:
-        height, node = 0, h
-        while frontier and frontier[-1][0] == height:
-            node = node_hash(frontier.pop()[1], node)
-            height += 1
-        frontier.append((height, node))
-    return fold(h for _, h in frontier)
+        push(frontier, h)
+    return fold(h for _, h in frontier) if frontier else EMPTY_ROOT
 
 
 def fold(perfect_subtrees: Any) -> bytes:
